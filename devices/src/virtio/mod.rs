@@ -1,0 +1,103 @@
+//! Virtio devices over the MMIO transport.
+
+pub mod block;
+mod mmio;
+
+pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// VIRTIO_F_VERSION_1: the only (modern) interface we offer.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Interrupt status bit: a queue's used ring was updated.
+pub const INTERRUPT_USED_RING: u32 = 1;
+/// Interrupt status bit: the configuration space changed.
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
+
+/// The device's interrupt line: the status register the driver reads plus the irqfd that
+/// injects the interrupt.
+#[derive(Debug)]
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+
+    /// Sets `bits` in the interrupt status and raises the line.
+    pub fn signal(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if let Err(e) = self.irqfd.write(1) {
+            log::error!("virtio: failed to raise the interrupt: {e}");
+        }
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+}
+
+/// What a device receives when the driver sets DRIVER_OK.
+pub struct Activation {
+    pub mem: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+    pub acked_features: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the driver did not set up queue {0}")]
+    QueueNotReady(usize),
+    #[error("failed to signal the device thread")]
+    Signal(#[source] std::io::Error),
+}
+
+/// A virtio device as the transport sees it. Queue processing happens elsewhere (the
+/// device thread); these calls come from vCPU threads.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (2 = block, 19 = vsock).
+    fn device_type(&self) -> u32;
+    /// Largest size of each queue; the number of queues is the length.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers.
+    fn features(&self) -> u64;
+    /// One `EventFd` per queue, written (through KVM's ioeventfd) when the driver notifies.
+    fn queue_events(&self) -> &[EventFd];
+    fn interrupt(&self) -> &Interrupt;
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Config writes are ignored unless a device has writable fields.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// The driver reset the device: drop the queues and stop processing.
+    fn reset(&mut self);
+}
+
+/// Copies `data.len()` bytes of `config` at `offset`; out-of-range bytes read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
