@@ -119,7 +119,10 @@ mod tests {
         assert!(bus.read(0x1010, &mut buf));
         assert_eq!(buf, [0x10; 4]);
         assert!(bus.write(0x10fc, &[1, 2, 3, 4]));
-        assert_eq!(dev.lock().unwrap().last_write, Some((0xfc, vec![1, 2, 3, 4])));
+        assert_eq!(
+            dev.lock().unwrap().last_write,
+            Some((0xfc, vec![1, 2, 3, 4]))
+        );
     }
 
     #[test]
@@ -138,9 +141,18 @@ mod tests {
         let mut bus = Bus::new();
         let dev = Arc::new(Mutex::new(Recorder::default()));
         bus.insert(dev.clone(), 0x1000, 0x100).unwrap();
-        assert!(matches!(bus.insert(dev.clone(), 0x10ff, 1), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(dev.clone(), 0xf00, 0x101), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(dev.clone(), 0x2000, 0), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(dev.clone(), 0x10ff, 1),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev.clone(), 0xf00, 0x101),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev.clone(), 0x2000, 0),
+            Err(BusError::InvalidRange { .. })
+        ));
         bus.insert(dev, 0x1100, 0x10).unwrap();
     }
 }

@@ -269,7 +269,10 @@ impl BusDevice for MmioTransport {
             return;
         }
         if data.len() != 4 || offset % 4 != 0 {
-            log::debug!("virtio-mmio: {}-byte read at {offset:#x} ignored", data.len());
+            log::debug!(
+                "virtio-mmio: {}-byte read at {offset:#x} ignored",
+                data.len()
+            );
             data.fill(0);
             return;
         }
@@ -283,7 +286,10 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            log::debug!("virtio-mmio: {}-byte write at {offset:#x} ignored", data.len());
+            log::debug!(
+                "virtio-mmio: {}-byte write at {offset:#x} ignored",
+                data.len()
+            );
             return;
         };
         if offset % 4 != 0 {

@@ -194,7 +194,10 @@ fn config_space(size: u64) -> [u8; CONFIG_LEN] {
     let mut c = [0u8; CONFIG_LEN];
     let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
     put(0x00, &(size / SECTOR_SIZE).to_le_bytes()); // capacity
-    put(0x0c, &(super::request::MAX_DATA_DESCRIPTORS as u32).to_le_bytes()); // seg_max
+    put(
+        0x0c,
+        &(super::request::MAX_DATA_DESCRIPTORS as u32).to_le_bytes(),
+    ); // seg_max
     put(0x14, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
     put(0x24, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_discard_sectors
     put(0x28, &(MAX_RANGES as u32).to_le_bytes()); // max_discard_seg

@@ -165,7 +165,10 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let slice = mem.get_slice(GuestAddress(0x1000), 4096).unwrap();
         raw.read_at(&slice, 4096).unwrap();
-        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x1ff8)).unwrap(), 0x0707070707070707);
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(0x1ff8)).unwrap(),
+            0x0707070707070707
+        );
 
         mem.write_slice(&[1u8; 512], GuestAddress(0x3000)).unwrap();
         let slice = mem.get_slice(GuestAddress(0x3000), 512).unwrap();

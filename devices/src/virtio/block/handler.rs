@@ -148,7 +148,12 @@ impl BlockHandler {
         let mut written = 0;
         for &(addr, len) in &self.request.data {
             let n = (len as usize).min(DEVICE_ID_LEN - written);
-            if n == 0 || self.mem.write_slice(&id[written..written + n], addr).is_err() {
+            if n == 0
+                || self
+                    .mem
+                    .write_slice(&id[written..written + n], addr)
+                    .is_err()
+            {
                 break;
             }
             written += n;

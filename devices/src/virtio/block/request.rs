@@ -110,7 +110,11 @@ pub enum ParseError {
     #[error("data length {0} is not a whole number of sectors")]
     UnalignedLength(u64),
     #[error("request covers bytes {offset:#x}+{len:#x}, beyond the disk's {capacity:#x}")]
-    BeyondCapacity { offset: u64, len: u64, capacity: u64 },
+    BeyondCapacity {
+        offset: u64,
+        len: u64,
+        capacity: u64,
+    },
     #[error("request type does not carry data, yet data descriptors were given")]
     UnexpectedData,
     #[error("discard/write-zeroes payload is malformed")]
@@ -313,9 +317,15 @@ mod tests {
     fn out_of_memory_and_huge_lengths_are_refused() {
         let m = mem();
         let hdr = header(&m, 0x1000, VIRTIO_BLK_T_IN, 0);
-        let (_, res) = parse(&[hdr, writable(0xF000_0000_0000, 512), writable(0x4000, 1)], &m);
+        let (_, res) = parse(
+            &[hdr, writable(0xF000_0000_0000, 512), writable(0x4000, 1)],
+            &m,
+        );
         assert!(matches!(res, Err(ParseError::OutOfMemory { .. })));
-        let (_, res) = parse(&[hdr, writable(0x2000, 0x7fff_f000), writable(0x4000, 1)], &m);
+        let (_, res) = parse(
+            &[hdr, writable(0x2000, 0x7fff_f000), writable(0x4000, 1)],
+            &m,
+        );
         assert!(matches!(res, Err(ParseError::OutOfMemory { .. })));
     }
 
@@ -351,8 +361,16 @@ mod tests {
     fn discard_ranges_are_read_and_checked() {
         let m = mem();
         let ranges = [
-            RawRange { sector: 8, num_sectors: 16, flags: 0 },
-            RawRange { sector: 100, num_sectors: 1, flags: 0 },
+            RawRange {
+                sector: 8,
+                num_sectors: 16,
+                flags: 0,
+            },
+            RawRange {
+                sector: 100,
+                num_sectors: 1,
+                flags: 0,
+            },
         ];
         m.write_obj(ranges, GuestAddress(0x2000)).unwrap();
         let hdr = header(&m, 0x1000, VIRTIO_BLK_T_DISCARD, 0);
@@ -361,8 +379,14 @@ mod tests {
         assert_eq!(
             req.ranges,
             vec![
-                ByteRange { offset: 4096, len: 8192 },
-                ByteRange { offset: 51200, len: 512 }
+                ByteRange {
+                    offset: 4096,
+                    len: 8192
+                },
+                ByteRange {
+                    offset: 51200,
+                    len: 512
+                }
             ]
         );
         let (_, res) = parse(&[hdr, readable(0x2000, 20), writable(0x4000, 1)], &m);

@@ -1,0 +1,538 @@
+//! Sandbox configuration: a TOML file and/or command-line flags, merged and validated
+//! before any VM is created. Errors name the file, key or flag at fault.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use devices::virtio::block::BlockConfig;
+use serde::Deserialize;
+
+use crate::arch::layout::{
+    CMDLINE_MAX_SIZE, MAX_IRQ, MAX_VCPUS, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE,
+};
+
+/// Kernel arguments every guest gets: serial console, reset through the i8042 on reboot,
+/// reboot one second after a panic (we report the panic first), no PCI bus to probe.
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+/// virtio-mmio devices fit the GSIs left after the legacy ones.
+pub const MAX_VIRTIO_DEVICES: usize = (MAX_IRQ - VIRTIO_IRQ_BASE + 1) as usize;
+
+pub const DEFAULT_CPUS: u8 = 1;
+pub const DEFAULT_MEMORY_MIB: u64 = 1024;
+/// Smallest guest that still fits the boot structures, a kernel and a little heap.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// The device ID limit of virtio-blk.
+const MAX_DRIVE_ID_LEN: usize = 20;
+
+/// The TOML file, as written by a user. Paths are relative to the file's directory.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub rootfs: Option<PathBuf>,
+    pub cpus: Option<u8>,
+    pub memory_mib: Option<u64>,
+    pub append: Option<String>,
+    #[serde(default)]
+    pub drives: Vec<DriveSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveSpec {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+    pub id: Option<String>,
+}
+
+/// Flags of `vmm run`; each overrides the file's value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub rootfs: Option<PathBuf>,
+    pub cpus: Option<u8>,
+    pub memory_mib: Option<u64>,
+    pub append: Option<String>,
+    /// `--drive` values, appended after the file's drives.
+    pub drives: Vec<DriveSpec>,
+}
+
+/// A validated configuration: every file exists and every size is possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cpus: u8,
+    pub memory_mib: u64,
+    pub append: String,
+    /// The root disk (when given) first, then the other drives in order.
+    pub drives: Vec<BlockConfig>,
+    pub has_root: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no kernel given: pass --kernel PATH or set `kernel` in the config file")]
+    NoKernel,
+    #[error("{what} {path}: {reason}")]
+    BadFile {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cpus = {0}: must be between 1 and {MAX_VCPUS}")]
+    Cpus(u8),
+    #[error("memory_mib = {value}: must be between {MIN_MEMORY_MIB} and {max} (this host's RAM)")]
+    Memory { value: u64, max: u64 },
+    #[error("drive {path}: id {id:?} must be 1 to {MAX_DRIVE_ID_LEN} bytes and unique")]
+    DriveId { path: PathBuf, id: String },
+    #[error("--drive {0:?}: expected PATH[,ro][,id=NAME]")]
+    DriveFlag(String),
+    #[error("{0} drives given, at most {MAX_VIRTIO_DEVICES} fit")]
+    TooManyDrives(usize),
+    #[error("append: the kernel command line would be {len} bytes, more than {max}")]
+    CmdlineTooLong { len: usize, max: usize },
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: one_line(&e.to_string()),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(base);
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        for p in [&mut self.kernel, &mut self.initrd, &mut self.rootfs]
+            .into_iter()
+            .flatten()
+        {
+            *p = base.join(&*p);
+        }
+        for d in &mut self.drives {
+            d.path = base.join(&d.path);
+        }
+    }
+}
+
+/// toml's messages span lines with a source excerpt; keep the first and the "key" hint.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('|'))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Parses `PATH[,ro][,id=NAME]`.
+pub fn parse_drive_flag(value: &str) -> Result<DriveSpec, ConfigError> {
+    let mut parts = value.split(',');
+    let path = parts.next().filter(|p| !p.is_empty());
+    let Some(path) = path else {
+        return Err(ConfigError::DriveFlag(value.to_string()));
+    };
+    let mut spec = DriveSpec {
+        path: PathBuf::from(path),
+        read_only: false,
+        id: None,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            None if part == "ro" => spec.read_only = true,
+            None if part == "rw" => spec.read_only = false,
+            Some(("id", id)) => spec.id = Some(id.to_string()),
+            _ => return Err(ConfigError::DriveFlag(value.to_string())),
+        }
+    }
+    Ok(spec)
+}
+
+impl VmConfig {
+    /// Merges `file` with `flags` (flags win) and validates the result.
+    pub fn build(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
+        let kernel = flags.kernel.or(file.kernel).ok_or(ConfigError::NoKernel)?;
+        check_kernel(&kernel)?;
+        let initrd = flags.initrd.or(file.initrd);
+        if let Some(path) = &initrd {
+            check_file("initrd", path, false)?;
+        }
+        let cpus = flags.cpus.or(file.cpus).unwrap_or(DEFAULT_CPUS);
+        if cpus == 0 || cpus > MAX_VCPUS {
+            return Err(ConfigError::Cpus(cpus));
+        }
+        let memory_mib = flags
+            .memory_mib
+            .or(file.memory_mib)
+            .unwrap_or(DEFAULT_MEMORY_MIB);
+        let max = host_memory_mib();
+        if !(MIN_MEMORY_MIB..=max).contains(&memory_mib) {
+            return Err(ConfigError::Memory {
+                value: memory_mib,
+                max,
+            });
+        }
+        let append = flags.append.or(file.append).unwrap_or_default();
+
+        let root = flags.rootfs.or(file.rootfs);
+        let has_root = root.is_some();
+        let mut drives = Vec::new();
+        if let Some(path) = root {
+            check_file("rootfs", &path, true)?;
+            drives.push(BlockConfig {
+                path,
+                read_only: false,
+                id: "rootfs".to_string(),
+            });
+        }
+        for spec in file.drives.into_iter().chain(flags.drives) {
+            check_file("drive", &spec.path, true)?;
+            let id = spec.id.unwrap_or_else(|| format!("drive{}", drives.len()));
+            let clash = drives.iter().any(|d: &BlockConfig| d.id == id);
+            if id.is_empty() || id.len() > MAX_DRIVE_ID_LEN || clash {
+                return Err(ConfigError::DriveId {
+                    path: spec.path,
+                    id,
+                });
+            }
+            drives.push(BlockConfig {
+                path: spec.path,
+                read_only: spec.read_only,
+                id,
+            });
+        }
+        if drives.len() > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDrives(drives.len()));
+        }
+        let config = Self {
+            kernel,
+            initrd,
+            cpus,
+            memory_mib,
+            append,
+            drives,
+            has_root,
+        };
+        let len = config.kernel_cmdline().len();
+        if len >= CMDLINE_MAX_SIZE {
+            return Err(ConfigError::CmdlineTooLong {
+                len,
+                max: CMDLINE_MAX_SIZE - 1,
+            });
+        }
+        Ok(config)
+    }
+
+    /// The full kernel command line: base arguments, root disk, one virtio-mmio entry per
+    /// device (GSI 5 onwards), then the user's text (which may hold `-- init args`).
+    pub fn kernel_cmdline(&self) -> String {
+        let mut parts = vec![BASE_CMDLINE.to_string()];
+        if self.has_root {
+            parts.push("root=/dev/vda rw".to_string());
+        }
+        for i in 0..self.drives.len() {
+            let (addr, irq) = virtio_slot(i);
+            parts.push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
+        }
+        if !self.append.is_empty() {
+            parts.push(self.append.clone());
+        }
+        parts.join(" ")
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+}
+
+/// MMIO window and GSI of virtio device `index`.
+pub fn virtio_slot(index: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_BASE + index as u64 * devices::virtio::MMIO_WINDOW_SIZE,
+        VIRTIO_IRQ_BASE + index as u32,
+    )
+}
+
+fn bad(what: &'static str, path: &Path, reason: impl Into<String>) -> ConfigError {
+    ConfigError::BadFile {
+        what,
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks a file can be opened and is non-empty; disks must also be whole sectors.
+fn check_file(what: &'static str, path: &Path, disk: bool) -> Result<u64, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|e| bad(what, path, e.to_string()))?;
+    if meta.is_dir() {
+        return Err(bad(what, path, "is a directory"));
+    }
+    File::open(path).map_err(|e| bad(what, path, e.to_string()))?;
+    let size = meta.len();
+    if size == 0 && meta.is_file() {
+        return Err(bad(what, path, "is empty"));
+    }
+    if disk && size % 512 != 0 {
+        return Err(bad(
+            what,
+            path,
+            format!("size {size} is not a multiple of 512"),
+        ));
+    }
+    Ok(size)
+}
+
+/// The kernel must be an ELF64 image or a bzImage; anything else fails here, not in the VM.
+fn check_kernel(path: &Path) -> Result<(), ConfigError> {
+    check_file("kernel", path, false)?;
+    let mut head = [0u8; 0x210];
+    let mut f = File::open(path).map_err(|e| bad("kernel", path, e.to_string()))?;
+    let n = read_up_to(&mut f, &mut head).map_err(|e| bad("kernel", path, e.to_string()))?;
+    let head = &head[..n];
+    let is_elf64 = head.len() > 4 && &head[..4] == b"\x7fELF" && head[4] == 2;
+    let is_bzimage = head.len() >= 0x206 && &head[0x202..0x206] == b"HdrS";
+    if is_elf64 || is_bzimage {
+        Ok(())
+    } else {
+        Err(bad(
+            "kernel",
+            path,
+            "is neither an ELF64 vmlinux nor a bzImage",
+        ))
+    }
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Physical RAM of this host in MiB.
+pub fn host_memory_mib() -> u64 {
+    // SAFETY: sysconf only reads system parameters.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if pages <= 0 || page_size <= 0 {
+        return u64::MAX >> 20;
+    }
+    (pages as u64 * page_size as u64) >> 20
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let mut elf = vec![0u8; 64];
+            elf[..5].copy_from_slice(b"\x7fELF\x02");
+            std::fs::write(dir.path().join("vmlinux"), elf).unwrap();
+            std::fs::write(dir.path().join("disk.img"), vec![0u8; 4096]).unwrap();
+            std::fs::write(dir.path().join("odd.img"), vec![0u8; 1000]).unwrap();
+            std::fs::write(dir.path().join("garbage"), b"not a kernel").unwrap();
+            Self { dir }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn file(&self, toml: &str) -> Result<FileConfig, ConfigError> {
+            let p = self.path("vm.toml");
+            File::create(&p)
+                .unwrap()
+                .write_all(toml.as_bytes())
+                .unwrap();
+            FileConfig::load(&p)
+        }
+    }
+
+    fn flags_with_kernel(f: &Fixture) -> Overrides {
+        Overrides {
+            kernel: Some(f.path("vmlinux")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_one_cpu_and_1024_mib() {
+        let f = Fixture::new();
+        let c = VmConfig::build(FileConfig::default(), flags_with_kernel(&f)).unwrap();
+        assert_eq!((c.cpus, c.memory_mib), (1, 1024));
+        assert!(c.drives.is_empty() && !c.has_root);
+    }
+
+    #[test]
+    fn file_paths_are_relative_to_the_file_and_flags_win() {
+        let f = Fixture::new();
+        let file = f
+            .file("kernel = \"vmlinux\"\nrootfs = \"disk.img\"\ncpus = 2\nmemory_mib = 64\n[[drives]]\npath = \"disk.img\"\nread_only = true\n")
+            .unwrap();
+        let flags = Overrides {
+            cpus: Some(3),
+            drives: vec![
+                parse_drive_flag(&format!("{},id=data", f.path("disk.img").display())).unwrap(),
+            ],
+            ..Default::default()
+        };
+        let c = VmConfig::build(file, flags).unwrap();
+        assert_eq!(c.kernel, f.path("vmlinux"));
+        assert_eq!((c.cpus, c.memory_mib), (3, 64));
+        let ids: Vec<_> = c
+            .drives
+            .iter()
+            .map(|d| (d.id.as_str(), d.read_only))
+            .collect();
+        assert_eq!(ids, [("rootfs", false), ("drive1", true), ("data", false)]);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_file() {
+        let f = Fixture::new();
+        let err = f
+            .file("kernel = \"vmlinux\"\nmemory = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vm.toml") && err.contains("memory"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_name() {
+        let f = Fixture::new();
+        let build = |o: Overrides| {
+            VmConfig::build(FileConfig::default(), o)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = build(Overrides {
+            cpus: Some(0),
+            ..flags_with_kernel(&f)
+        });
+        assert!(e.contains("cpus = 0"), "{e}");
+        let e = build(Overrides {
+            memory_mib: Some(0),
+            ..flags_with_kernel(&f)
+        });
+        assert!(e.contains("memory_mib = 0"), "{e}");
+        let e = build(Overrides {
+            memory_mib: Some(u64::MAX >> 21),
+            ..flags_with_kernel(&f)
+        });
+        assert!(e.contains("memory_mib"), "{e}");
+        let e = build(Overrides {
+            kernel: Some(f.path("missing")),
+            ..Default::default()
+        });
+        assert!(e.contains("kernel") && e.contains("missing"), "{e}");
+        let e = build(Overrides {
+            kernel: Some(f.path("garbage")),
+            ..Default::default()
+        });
+        assert!(e.contains("neither an ELF64"), "{e}");
+        let e = build(Overrides {
+            rootfs: Some(f.path("odd.img")),
+            ..flags_with_kernel(&f)
+        });
+        assert!(e.contains("rootfs") && e.contains("multiple of 512"), "{e}");
+        let e = build(Overrides {
+            rootfs: Some(f.path("nope.img")),
+            ..flags_with_kernel(&f)
+        });
+        assert!(e.contains("rootfs") && e.contains("nope.img"), "{e}");
+        let e = build(Overrides {
+            kernel: None,
+            ..Default::default()
+        });
+        assert!(e.contains("--kernel"), "{e}");
+    }
+
+    #[test]
+    fn cmdline_lists_root_and_devices_before_user_text() {
+        let f = Fixture::new();
+        let flags = Overrides {
+            rootfs: Some(f.path("disk.img")),
+            drives: vec![parse_drive_flag(&f.path("disk.img").display().to_string()).unwrap()],
+            append: Some("quiet -- init-arg".into()),
+            ..flags_with_kernel(&f)
+        };
+        let c = VmConfig::build(FileConfig::default(), flags).unwrap();
+        assert_eq!(
+            c.kernel_cmdline(),
+            "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw \
+             virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 quiet -- init-arg"
+        );
+        let flags = Overrides {
+            append: Some("x".repeat(3000)),
+            ..flags_with_kernel(&f)
+        };
+        let e = VmConfig::build(FileConfig::default(), flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("append"), "{e}");
+    }
+
+    #[test]
+    fn drive_flags_parse() {
+        assert_eq!(
+            parse_drive_flag("/a.img,ro,id=x").unwrap(),
+            DriveSpec {
+                path: "/a.img".into(),
+                read_only: true,
+                id: Some("x".into())
+            }
+        );
+        assert!(parse_drive_flag("").is_err());
+        assert!(parse_drive_flag("/a.img,bogus").is_err());
+    }
+
+    #[test]
+    fn duplicate_and_long_ids_are_refused() {
+        let f = Fixture::new();
+        let disk = f.path("disk.img").display().to_string();
+        let flags = Overrides {
+            drives: vec![
+                parse_drive_flag(&format!("{disk},id=a")).unwrap(),
+                parse_drive_flag(&format!("{disk},id=a")).unwrap(),
+            ],
+            ..flags_with_kernel(&f)
+        };
+        assert!(VmConfig::build(FileConfig::default(), flags).is_err());
+        let flags = Overrides {
+            drives: vec![parse_drive_flag(&format!("{disk},id=aaaaaaaaaaaaaaaaaaaaa")).unwrap()],
+            ..flags_with_kernel(&f)
+        };
+        assert!(VmConfig::build(FileConfig::default(), flags).is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! Builds the machine's devices: puts them on the port and MMIO buses, wires their
+//! interrupts (irqfd) and queue notifications (ioeventfd) into KVM, and registers them with
+//! the event manager that the device thread runs.
+
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use devices::bus::{Bus, BusError};
+use devices::legacy::{Serial, I8042};
+use devices::virtio::block::{Block, BlockConfig, BlockError};
+use devices::virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE};
+use devices::EventFdTrigger;
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::layout::{COM1_IRQ, COM1_PORT, I8042_PORT};
+use crate::config::virtio_slot;
+use crate::console::{ConsoleInput, ConsoleOutput, ConsoleWatcher};
+use crate::exit::ExitReason;
+
+/// The 8250's eight registers.
+const COM1_PORT_LEN: u64 = 8;
+/// Data port 0x60 through command port 0x64.
+const I8042_PORT_LEN: u64 = 5;
+/// QueueNotify register offset in a virtio-mmio window.
+const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("KVM refused to {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error("cannot create the event manager: {0:?}")]
+    EventManager(event_manager::Error),
+}
+
+pub struct Devices {
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub event_manager: EventManager<Subscriber>,
+    pub blocks: Vec<Arc<Mutex<Block>>>,
+}
+
+/// Turns the i8042's reset line into an exit reason.
+struct ResetWatcher {
+    reset: EventFd,
+    exit: Sender<ExitReason>,
+}
+
+impl MutEventSubscriber for ResetWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.reset, EventSet::IN)) {
+            log::error!("cannot watch the i8042 reset line: {e:?}");
+        }
+    }
+
+    fn process(&mut self, _: Events, _: &mut EventOps) {
+        let _ = self.reset.read();
+        let _ = self.exit.send(ExitReason::Reset);
+    }
+}
+
+fn new_eventfd() -> Result<EventFd, DeviceError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> DeviceError {
+    move |source| DeviceError::Kvm { what, source }
+}
+
+impl Devices {
+    pub fn build(
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        drives: &[BlockConfig],
+        exit: Sender<ExitReason>,
+        watcher: Arc<ConsoleWatcher>,
+    ) -> Result<Self, DeviceError> {
+        let mut devices = Self {
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            event_manager: EventManager::new().map_err(DeviceError::EventManager)?,
+            blocks: Vec::new(),
+        };
+        devices.add_legacy(vm, exit, watcher)?;
+        for (index, drive) in drives.iter().enumerate() {
+            let block = Arc::new(Mutex::new(Block::new(drive)?));
+            devices.add_virtio(vm, mem, index, block.clone())?;
+            devices.blocks.push(block);
+        }
+        Ok(devices)
+    }
+
+    fn add_legacy(
+        &mut self,
+        vm: &VmFd,
+        exit: Sender<ExitReason>,
+        watcher: Arc<ConsoleWatcher>,
+    ) -> Result<(), DeviceError> {
+        let serial_irq = new_eventfd()?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(kvm_err("wire the serial interrupt"))?;
+        let serial = Arc::new(Mutex::new(Serial::new(
+            EventFdTrigger::new(serial_irq),
+            Box::new(ConsoleOutput::new(watcher)),
+        )));
+        self.pio
+            .insert(serial.clone(), u64::from(COM1_PORT), COM1_PORT_LEN)?;
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(serial))));
+
+        let reset = new_eventfd()?;
+        let i8042 = I8042::new(EventFdTrigger::new(
+            reset.try_clone().map_err(DeviceError::EventFd)?,
+        ));
+        self.pio.insert(
+            Arc::new(Mutex::new(i8042)),
+            u64::from(I8042_PORT),
+            I8042_PORT_LEN,
+        )?;
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(ResetWatcher { reset, exit })));
+        Ok(())
+    }
+
+    /// Puts a virtio device in MMIO slot `index` and runs it on the device thread.
+    fn add_virtio<D>(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        index: usize,
+        device: Arc<Mutex<D>>,
+    ) -> Result<(), DeviceError>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
+    {
+        let (addr, irq) = virtio_slot(index);
+        {
+            let dev = devices::bus::lock(&device);
+            vm.register_irqfd(dev.interrupt().irqfd(), irq)
+                .map_err(kvm_err("wire a virtio interrupt"))?;
+            for (queue, evt) in dev.queue_events().iter().enumerate() {
+                let notify = IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET);
+                vm.register_ioevent(evt, &notify, queue as u32)
+                    .map_err(kvm_err("wire a virtio queue notification"))?;
+            }
+        }
+        let transport = MmioTransport::new(mem.clone(), device.clone());
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), addr, MMIO_WINDOW_SIZE)?;
+        self.event_manager.add_subscriber(device);
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! Why a VM stopped, and the process exit code each reason maps to.
+
+/// Exit codes of `vmm run` (documented in the README).
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_SETUP_ERROR: i32 = 1;
+pub const EXIT_GUEST_CRASH: i32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042, `reboot`).
+    Reset,
+    /// The guest powered off or halted (seen on the console or as a KVM system event).
+    PowerOff,
+    /// SIGTERM / SIGINT from the host.
+    Signal(i32),
+    TripleFault {
+        cpu: u8,
+    },
+    InternalError {
+        cpu: u8,
+        details: String,
+    },
+    FailEntry {
+        cpu: u8,
+        reason: u64,
+    },
+    GuestPanic(String),
+    /// A KVM call failed or KVM reported an exit we cannot handle.
+    Vmm(String),
+}
+
+impl ExitReason {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Reset | Self::PowerOff => EXIT_OK,
+            Self::Signal(n) => 128 + n,
+            Self::TripleFault { .. }
+            | Self::InternalError { .. }
+            | Self::FailEntry { .. }
+            | Self::GuestPanic(_)
+            | Self::Vmm(_) => EXIT_GUEST_CRASH,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Reset => write!(f, "guest reset"),
+            Self::PowerOff => write!(f, "guest powered off"),
+            Self::Signal(n) => write!(f, "stopped by signal {n}"),
+            Self::TripleFault { cpu } => write!(f, "guest triple fault on vCPU {cpu}"),
+            Self::InternalError { cpu, details } => {
+                write!(f, "KVM internal error on vCPU {cpu}: {details}")
+            }
+            Self::FailEntry { cpu, reason } => {
+                write!(
+                    f,
+                    "KVM could not enter vCPU {cpu}: hardware reason {reason:#x}"
+                )
+            }
+            Self::GuestPanic(line) => write!(f, "guest kernel panic: {line}"),
+            Self::Vmm(message) => write!(f, "{message}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert_eq!(ExitReason::Reset.exit_code(), 0);
+        assert_eq!(ExitReason::PowerOff.exit_code(), 0);
+        assert_eq!(ExitReason::Signal(libc::SIGTERM).exit_code(), 143);
+        assert_eq!(ExitReason::TripleFault { cpu: 0 }.exit_code(), 2);
+        assert_eq!(ExitReason::GuestPanic("x".into()).exit_code(), 2);
+    }
+}

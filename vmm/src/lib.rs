@@ -1,0 +1,13 @@
+//! The vmm library: configuration, the machine (KVM, memory, vCPUs), boot, devices and the
+//! run loop behind the `vmm` binary.
+
+pub mod arch;
+pub mod boot;
+pub mod config;
+pub mod console;
+pub mod device_manager;
+pub mod doctor;
+pub mod exit;
+pub mod machine;
+pub mod vcpu;
+pub mod vm;

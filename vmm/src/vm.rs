@@ -1,0 +1,174 @@
+//! Runs one VM from a validated config to its end: build, boot, wait for a reason to stop,
+//! stop the vCPUs, flush the disks.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use devices::bus::lock;
+
+use crate::arch::regs;
+use crate::boot::{self, BootSpec};
+use crate::config::VmConfig;
+use crate::console::{ConsoleWatcher, RawTerminal};
+use crate::device_manager::{DeviceError, Devices};
+use crate::exit::ExitReason;
+use crate::machine::{Machine, MachineError};
+use crate::vcpu::{self, Vcpu, VcpuHandle};
+
+/// How long vCPUs get to leave KVM_RUN once told to stop.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(vmm_sys_util::errno::Error),
+    #[error("cannot start the {0} thread")]
+    Thread(&'static str, #[source] std::io::Error),
+}
+
+/// Runs the VM; returns why it stopped. Errors are setup failures (nothing ran).
+pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
+    let (exit_tx, exit_rx) = channel();
+    // Blocked here so every thread spawned below inherits the mask; one thread waits.
+    let stop_signals = block_stop_signals();
+    vcpu::install_kick_handler().map_err(VmError::KickHandler)?;
+
+    let machine = Machine::new(config.memory_bytes())?;
+    let cmdline = config.kernel_cmdline();
+    let entry = boot::load(
+        &machine.mem,
+        &BootSpec {
+            kernel: &config.kernel,
+            initrd: config.initrd.as_deref(),
+            cmdline: &cmdline,
+            mem_size: config.memory_bytes(),
+            cpus: config.cpus,
+        },
+    )?;
+    regs::write_descriptor_tables(&machine.mem, entry.mode)?;
+
+    let watcher = ConsoleWatcher::new(exit_tx.clone());
+    let devices = Devices::build(
+        &machine.vm,
+        &machine.mem,
+        &config.drives,
+        exit_tx.clone(),
+        watcher.clone(),
+    )?;
+    let mut vcpu_fds = Vec::with_capacity(config.cpus as usize);
+    for index in 0..config.cpus {
+        vcpu_fds.push(machine.create_vcpu(index, config.cpus)?);
+    }
+    regs::setup_boot_cpu(&vcpu_fds[0], entry.mode, entry.rip)?;
+
+    spawn_signal_thread(stop_signals, exit_tx.clone())?;
+    let Devices {
+        pio,
+        mmio,
+        mut event_manager,
+        blocks,
+    } = devices;
+    std::thread::Builder::new()
+        .name("devices".into())
+        .spawn(move || loop {
+            if let Err(e) = event_manager.run() {
+                log::error!("device event loop: {e:?}");
+            }
+        })
+        .map_err(|e| VmError::Thread("device", e))?;
+
+    let mut terminal = RawTerminal::enter();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+    let mut handles = Vec::new();
+    for (index, fd) in vcpu_fds.into_iter().enumerate() {
+        let vcpu = Vcpu {
+            index: index as u8,
+            fd,
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            exit: exit_tx.clone(),
+            stop: stop.clone(),
+        };
+        handles.push(vcpu.spawn().map_err(|e| VmError::Thread("vCPU", e))?);
+    }
+
+    let reason = wait_for_exit(&exit_rx, &watcher);
+    stop_vcpus(&stop, &handles);
+    for block in &blocks {
+        if let Err(e) = lock(block).flush() {
+            log::error!("flushing a disk failed: {e}");
+        }
+    }
+    terminal.restore();
+    // Keep guest memory mapped until the vCPUs are gone (or abandoned at exit).
+    drop(machine);
+    Ok(reason)
+}
+
+fn wait_for_exit(rx: &Receiver<ExitReason>, watcher: &ConsoleWatcher) -> ExitReason {
+    let reason = rx
+        .recv()
+        .unwrap_or_else(|_| ExitReason::Vmm("every VM thread ended".into()));
+    match (reason, watcher.panic_line()) {
+        // `panic=1` reboots the guest after printing the panic: report the panic.
+        (ExitReason::Reset | ExitReason::PowerOff, Some(line)) => ExitReason::GuestPanic(line),
+        (reason, _) => reason,
+    }
+}
+
+fn stop_vcpus(stop: &AtomicBool, handles: &[VcpuHandle]) {
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
+    // A kick can land just before a thread enters KVM_RUN; kick until all have left.
+    while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
+        for h in handles.iter().filter(|h| !h.is_finished()) {
+            h.kick();
+        }
+        std::thread::sleep(VCPU_KICK_INTERVAL);
+    }
+    if handles.iter().any(|h| !h.is_finished()) {
+        log::warn!("a vCPU did not stop within {VCPU_STOP_TIMEOUT:?}");
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, blocked in the calling thread (and the threads it spawns).
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initializes it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; the calls only modify it and this thread's mask.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+fn spawn_signal_thread(set: libc::sigset_t, exit: Sender<ExitReason>) -> Result<(), VmError> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: `set` and `sig` are valid for the call; the signals are blocked in
+            // every thread, so sigwait is their only consumer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                let _ = exit.send(ExitReason::Signal(sig));
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| VmError::Thread("signal", e))
+}
