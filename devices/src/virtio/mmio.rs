@@ -42,12 +42,14 @@ const MMIO_VERSION: u32 = 2;
 /// Vendor ID: "VMMS"; any value works for Linux, it only has to be stable.
 const VENDOR: u32 = 0x534d_4d56;
 
-pub const STATUS_ACKNOWLEDGE: u32 = 1;
-pub const STATUS_DRIVER: u32 = 2;
-pub const STATUS_DRIVER_OK: u32 = 4;
-pub const STATUS_FEATURES_OK: u32 = 8;
-pub const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
-pub const STATUS_FAILED: u32 = 0x80;
+#[cfg(test)]
+const STATUS_ACKNOWLEDGE: u32 = 1;
+#[cfg(test)]
+const STATUS_DRIVER: u32 = 2;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
+const STATUS_FAILED: u32 = 0x80;
 
 /// Register file of one virtio-mmio device; the device model sits behind it.
 pub struct MmioTransport {
@@ -192,13 +194,16 @@ impl MmioTransport {
         }
         let mut value = value;
         let newly_set = value & !self.status;
+        if newly_set & STATUS_FAILED != 0 {
+            log::warn!("virtio-mmio: the driver gave up on the device");
+        }
         if newly_set & STATUS_FEATURES_OK != 0 && !self.features_acceptable() {
             value &= !STATUS_FEATURES_OK;
         }
-        if newly_set & STATUS_DRIVER_OK != 0 {
-            if value & STATUS_FEATURES_OK == 0 || !self.activate() {
-                value = (value & !STATUS_DRIVER_OK) | STATUS_DEVICE_NEEDS_RESET;
-            }
+        if newly_set & STATUS_DRIVER_OK != 0
+            && (value & STATUS_FEATURES_OK == 0 || !self.activate())
+        {
+            value = (value & !STATUS_DRIVER_OK) | STATUS_DEVICE_NEEDS_RESET;
         }
         self.status = value;
     }
@@ -268,7 +273,7 @@ impl BusDevice for MmioTransport {
             lock(&self.device).read_config(offset - CONFIG_SPACE, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             log::debug!(
                 "virtio-mmio: {}-byte read at {offset:#x} ignored",
                 data.len()
@@ -292,9 +297,182 @@ impl BusDevice for MmioTransport {
             );
             return;
         };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return;
         }
         self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::{ActivateError, Interrupt, INTERRUPT_USED_RING};
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    struct FakeDevice {
+        queue_events: Vec<EventFd>,
+        interrupt: Interrupt,
+        activated_with: Option<(usize, u64)>,
+        resets: usize,
+    }
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 8]
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 1 << 5
+        }
+        fn queue_events(&self) -> &[EventFd] {
+            &self.queue_events
+        }
+        fn interrupt(&self) -> &Interrupt {
+            &self.interrupt
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            crate::virtio::read_config_bytes(&[1, 2, 3, 4], offset, data);
+        }
+        fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
+            self.activated_with = Some((a.queues.len(), a.acked_features));
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.resets += 1;
+            self.activated_with = None;
+        }
+    }
+
+    fn transport() -> (MmioTransport, Arc<Mutex<FakeDevice>>) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let dev = Arc::new(Mutex::new(FakeDevice {
+            queue_events: vec![evt(), evt()],
+            interrupt: Interrupt::new(evt()),
+            activated_with: None,
+            resets: 0,
+        }));
+        (MmioTransport::new(mem, dev.clone()), dev)
+    }
+
+    fn rd(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn wr(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    /// The Linux driver's sequence up to FEATURES_OK, acking `features`.
+    fn negotiate(t: &mut MmioTransport, features: u64) {
+        wr(t, STATUS, 0);
+        wr(t, STATUS, STATUS_ACKNOWLEDGE);
+        wr(t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        for sel in 0..2 {
+            wr(t, DRIVER_FEATURES_SEL, sel);
+            wr(t, DRIVER_FEATURES, (features >> (32 * sel)) as u32);
+        }
+        wr(
+            t,
+            STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+    }
+
+    fn setup_queue(t: &mut MmioTransport, index: u32, base: u32) {
+        wr(t, QUEUE_SEL, index);
+        wr(t, QUEUE_NUM, 8);
+        wr(t, QUEUE_DESC_LOW, base);
+        wr(t, QUEUE_DESC_HIGH, 0);
+        wr(t, QUEUE_DRIVER_LOW, base + 0x1000);
+        wr(t, QUEUE_DEVICE_LOW, base + 0x2000);
+        wr(t, QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identity_registers() {
+        let (mut t, _) = transport();
+        assert_eq!(rd(&mut t, MAGIC_VALUE), MAGIC);
+        assert_eq!(rd(&mut t, VERSION), 2);
+        assert_eq!(rd(&mut t, DEVICE_ID), 42);
+        wr(&mut t, DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(&mut t, DEVICE_FEATURES), 1);
+        wr(&mut t, QUEUE_SEL, 1);
+        assert_eq!(rd(&mut t, QUEUE_NUM_MAX), 8);
+        wr(&mut t, QUEUE_SEL, 7);
+        assert_eq!(rd(&mut t, QUEUE_NUM_MAX), 0);
+        let mut cfg = [0u8; 2];
+        t.read(CONFIG_SPACE + 2, &mut cfg);
+        assert_eq!(cfg, [3, 4]);
+    }
+
+    #[test]
+    fn full_driver_sequence_activates_the_device() {
+        let (mut t, dev) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1 | 1 << 5);
+        assert_ne!(rd(&mut t, STATUS) & STATUS_FEATURES_OK, 0);
+        setup_queue(&mut t, 0, 0x1_0000);
+        setup_queue(&mut t, 1, 0x2_0000);
+        wr(&mut t, STATUS, 0xf);
+        assert_eq!(rd(&mut t, STATUS), 0xf);
+        assert_eq!(
+            dev.lock().unwrap().activated_with,
+            Some((2, VIRTIO_F_VERSION_1 | 1 << 5))
+        );
+        // Queue registers are frozen once running.
+        wr(&mut t, QUEUE_SEL, 0);
+        wr(&mut t, QUEUE_READY, 0);
+        assert_eq!(rd(&mut t, QUEUE_READY), 1);
+    }
+
+    #[test]
+    fn unknown_features_or_legacy_drivers_do_not_get_features_ok() {
+        let (mut t, _) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1 | 1 << 7);
+        assert_eq!(rd(&mut t, STATUS) & STATUS_FEATURES_OK, 0);
+        negotiate(&mut t, 1 << 5);
+        assert_eq!(rd(&mut t, STATUS) & STATUS_FEATURES_OK, 0);
+    }
+
+    #[test]
+    fn driver_ok_with_a_broken_queue_needs_reset() {
+        let (mut t, dev) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 0x1_0000);
+        // Queue 1 is never set up; its rings point at address 0 but it is not ready.
+        wr(&mut t, STATUS, 0xf);
+        assert_ne!(rd(&mut t, STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert!(dev.lock().unwrap().activated_with.is_none());
+        // A ring outside guest memory is refused too.
+        setup_queue(&mut t, 1, 0xfff0_0000);
+        wr(&mut t, STATUS, 0);
+        assert_eq!(dev.lock().unwrap().resets, 2, "one per negotiate, one now");
+        assert_eq!(rd(&mut t, STATUS), 0);
+    }
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let (mut t, dev) = transport();
+        dev.lock().unwrap().interrupt.signal(INTERRUPT_USED_RING);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), INTERRUPT_USED_RING);
+        wr(&mut t, INTERRUPT_ACK, INTERRUPT_USED_RING);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn odd_accesses_are_ignored() {
+        let (mut t, _) = transport();
+        let mut b = [0u8; 2];
+        t.read(MAGIC_VALUE, &mut b);
+        assert_eq!(b, [0, 0]);
+        t.write(STATUS, &[1]);
+        assert_eq!(rd(&mut t, STATUS), 0);
+        wr(&mut t, 0x0ff0, 5);
     }
 }

@@ -201,7 +201,9 @@ mod tests {
         let info: hvm_start_info = m.read_obj(GuestAddress(at)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
         assert_eq!(info.memmap_entries, 3);
-        let e: hvm_memmap_table_entry = m.read_obj(GuestAddress(info.memmap_paddr + 32)).unwrap();
+        let e: hvm_memmap_table_entry = m
+            .read_obj(GuestAddress(info.memmap_paddr + 2 * 24))
+            .unwrap();
         assert_eq!((e.addr, e.type_), (HIMEM_START, E820_RAM));
     }
 }

@@ -45,6 +45,15 @@ pub const I8042_PORT: u16 = 0x60;
 /// Most vCPUs: the MP table must fit the 1 KiB EBDA.
 pub const MAX_VCPUS: u8 = 32;
 
+// The fixed boot structures must not overlap: checked at compile time.
+const _: () = {
+    assert!(PD_ADDR + IDENTITY_MAPPED_GIB * 0x1000 <= CMDLINE_ADDR);
+    assert!(BOOT_STACK_POINTER < PML4_ADDR);
+    assert!(ZERO_PAGE_ADDR + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(PVH_MEMMAP_ADDR + 0x100 + 32 <= ZERO_PAGE_ADDR);
+    assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+};
+
 /// RAM ranges `(start, len)` for a guest of `mem_size` bytes, skipping the MMIO hole.
 pub fn ram_ranges(mem_size: u64) -> Vec<(u64, u64)> {
     if mem_size <= MMIO_HOLE_START {
@@ -74,15 +83,5 @@ mod tests {
             vec![(0, 0xc000_0000), (0x1_0000_0000, 0x4000_0000)]
         );
         assert_eq!(low_ram_end(4 << 30), 0xc000_0000);
-    }
-
-    #[test]
-    fn fixed_structures_do_not_overlap() {
-        let page_tables_end = PD_ADDR + IDENTITY_MAPPED_GIB * 0x1000;
-        assert!(page_tables_end <= CMDLINE_ADDR);
-        assert!(BOOT_STACK_POINTER < PML4_ADDR);
-        assert!(ZERO_PAGE_ADDR + 0x1000 <= BOOT_STACK_POINTER);
-        assert!(PVH_MEMMAP_ADDR + 8 * 24 <= ZERO_PAGE_ADDR);
-        assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
     }
 }

@@ -149,7 +149,7 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
-    use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
     fn image(bytes: &[u8]) -> (tempfile::NamedTempFile, RawFile) {
         let mut f = tempfile::NamedTempFile::new().unwrap();

@@ -161,3 +161,193 @@ impl BlockHandler {
         written as u32
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::virtio::block::{RawFile, VIRTIO_BLK_S_UNSUPP};
+    use std::io::Write;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    pub const QUEUE_LEN: u16 = 32;
+    const HDR: u64 = 0x10_0000;
+    const DATA: u64 = 0x20_0000;
+    const STATUS: u64 = 0x30_0000;
+
+    /// A driver's view of one request: (addr, len, device-writable) per descriptor.
+    pub type Chain = Vec<(u64, u32, bool)>;
+
+    pub fn guest_memory() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
+    }
+
+    /// Writes `chains` into the mock queue's tables and publishes them.
+    pub fn post(queue: &MockSplitQueue<GuestMemoryMmap>, chains: &[Chain], first_desc: u16) {
+        let mut raw = Vec::new();
+        let mut index = first_desc;
+        for chain in chains {
+            for (i, &(addr, len, write)) in chain.iter().enumerate() {
+                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+                let last = i + 1 == chain.len();
+                if !last {
+                    flags |= VRING_DESC_F_NEXT as u16;
+                }
+                let d = Descriptor::new(addr, len, flags, if last { 0 } else { index + 1 });
+                raw.push(RawDescriptor::from(d));
+                index += 1;
+            }
+        }
+        queue.add_desc_chains(&raw, first_desc).unwrap();
+    }
+
+    pub fn header(mem: &GuestMemoryMmap, at: u64, request_type: u32, sector: u64) {
+        mem.write_obj(request_type, GuestAddress(at)).unwrap();
+        mem.write_obj(0u32, GuestAddress(at + 4)).unwrap();
+        mem.write_obj(sector, GuestAddress(at + 8)).unwrap();
+    }
+
+    struct Setup {
+        mem: GuestMemoryMmap,
+        file: tempfile::NamedTempFile,
+    }
+
+    fn setup() -> Setup {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let content: Vec<u8> = (0..64 * 1024u32).map(|i| (i / 512) as u8).collect();
+        file.write_all(&content).unwrap();
+        Setup {
+            mem: guest_memory(),
+            file,
+        }
+    }
+
+    fn run(s: &Setup, chains: &[Chain], read_only: bool) -> Vec<(u32, u32)> {
+        let queue = MockSplitQueue::create(&s.mem, GuestAddress(0), QUEUE_LEN);
+        post(&queue, chains, 0);
+        let mut handler = BlockHandler::new(s.mem.clone(), queue.create_queue().unwrap());
+        let mut engine = RawFile::new(s.file.reopen().unwrap()).unwrap();
+        let id = *b"test-disk\0\0\0\0\0\0\0\0\0\0\0";
+        let notify = handler.process_queue(&mut engine, &DiskInfo { id: &id, read_only });
+        assert!(notify);
+        let used = queue.used();
+        assert_eq!(used.idx().load(), chains.len() as u16);
+        (0..chains.len())
+            .map(|i| {
+                let e = used.ring().ref_at(i).unwrap().load();
+                (e.id(), e.len())
+            })
+            .collect()
+    }
+
+    fn status(s: &Setup, i: u64) -> u8 {
+        s.mem.read_obj(GuestAddress(STATUS + i)).unwrap()
+    }
+
+    #[test]
+    fn reads_writes_and_flushes_reach_the_file() {
+        let s = setup();
+        header(&s.mem, HDR, 0, 3); // read sector 3
+        header(&s.mem, HDR + 16, 1, 5); // write sector 5
+        s.mem
+            .write_slice(&[0xee; 512], GuestAddress(DATA + 0x1000))
+            .unwrap();
+        header(&s.mem, HDR + 32, 4, 0); // flush
+        let used = run(
+            &s,
+            &[
+                vec![(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)],
+                vec![
+                    (HDR + 16, 16, false),
+                    (DATA + 0x1000, 512, false),
+                    (STATUS + 1, 1, true),
+                ],
+                vec![(HDR + 32, 16, false), (STATUS + 2, 1, true)],
+            ],
+            false,
+        );
+        assert_eq!(used, vec![(0, 1025), (3, 1), (6, 1)]);
+        assert_eq!((status(&s, 0), status(&s, 1), status(&s, 2)), (0, 0, 0));
+        let mut buf = [0u8; 1024];
+        s.mem.read_slice(&mut buf, GuestAddress(DATA)).unwrap();
+        assert!(buf[..512].iter().all(|&b| b == 3) && buf[512..].iter().all(|&b| b == 4));
+        let on_disk = std::fs::read(s.file.path()).unwrap();
+        assert!(on_disk[5 * 512..6 * 512].iter().all(|&b| b == 0xee));
+    }
+
+    #[test]
+    fn read_only_disks_refuse_writes_and_get_id_answers() {
+        let s = setup();
+        header(&s.mem, HDR, 1, 0);
+        header(&s.mem, HDR + 16, 8, 0);
+        header(&s.mem, HDR + 32, 99, 0);
+        let used = run(
+            &s,
+            &[
+                vec![(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
+                vec![
+                    (HDR + 16, 16, false),
+                    (DATA + 0x1000, 20, true),
+                    (STATUS + 1, 1, true),
+                ],
+                vec![(HDR + 32, 16, false), (STATUS + 2, 1, true)],
+            ],
+            true,
+        );
+        assert_eq!(status(&s, 0), VIRTIO_BLK_S_IOERR);
+        assert_eq!(status(&s, 1), VIRTIO_BLK_S_OK);
+        assert_eq!(status(&s, 2), VIRTIO_BLK_S_UNSUPP);
+        assert_eq!(used[1].1, 21);
+        let mut id = [0u8; 9];
+        s.mem
+            .read_slice(&mut id, GuestAddress(DATA + 0x1000))
+            .unwrap();
+        assert_eq!(&id, b"test-disk");
+        assert_eq!(
+            std::fs::read(s.file.path()).unwrap()[0],
+            0,
+            "disk untouched"
+        );
+    }
+
+    #[test]
+    fn malformed_chains_complete_with_errors_and_the_queue_keeps_going() {
+        let s = setup();
+        header(&s.mem, HDR, 0, 0);
+        let used = run(
+            &s,
+            &[
+                // data outside guest memory
+                vec![
+                    (HDR, 16, false),
+                    (0xF000_0000_0000, 512, true),
+                    (STATUS, 1, true),
+                ],
+                // wrong direction
+                vec![(HDR, 16, false), (DATA, 512, false), (STATUS + 1, 1, true)],
+                // short header
+                vec![(HDR, 8, false), (DATA, 512, true), (STATUS + 2, 1, true)],
+                // huge length
+                vec![
+                    (HDR, 16, false),
+                    (DATA, 0x7fff_f000, true),
+                    (STATUS + 3, 1, true),
+                ],
+                // status not writable: nothing to answer with
+                vec![(HDR, 16, false), (DATA, 512, true), (STATUS + 4, 1, false)],
+                // and a good one after all that
+                vec![(HDR, 16, false), (DATA, 512, true), (STATUS + 5, 1, true)],
+            ],
+            false,
+        );
+        for i in 0..4 {
+            assert_eq!(status(&s, i), VIRTIO_BLK_S_IOERR, "chain {i}");
+            assert_eq!(used[i as usize].1, 1);
+        }
+        assert_eq!(used[4].1, 0);
+        assert_eq!(status(&s, 5), VIRTIO_BLK_S_OK);
+        assert_eq!(used[5].1, 513);
+    }
+}

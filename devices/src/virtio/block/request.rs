@@ -176,7 +176,7 @@ impl Request {
 
         match kind {
             RequestKind::Read | RequestKind::Write => {
-                if self.data_len % SECTOR_SIZE != 0 {
+                if !self.data_len.is_multiple_of(SECTOR_SIZE) {
                     return Err(ParseError::UnalignedLength(self.data_len));
                 }
                 self.offset = sector_offset(hdr.sector)?;
@@ -202,7 +202,7 @@ impl Request {
     }
 
     fn parse_ranges(&mut self, mem: &GuestMemoryMmap, capacity: u64) -> Result<(), ParseError> {
-        if self.data_len == 0 || self.data_len % u64::from(SEGMENT_LEN) != 0 {
+        if self.data_len == 0 || !self.data_len.is_multiple_of(u64::from(SEGMENT_LEN)) {
             return Err(ParseError::BadRanges);
         }
         for &(addr, len) in &self.data {
@@ -372,7 +372,8 @@ mod tests {
                 flags: 0,
             },
         ];
-        m.write_obj(ranges, GuestAddress(0x2000)).unwrap();
+        m.write_obj(ranges[0], GuestAddress(0x2000)).unwrap();
+        m.write_obj(ranges[1], GuestAddress(0x2010)).unwrap();
         let hdr = header(&m, 0x1000, VIRTIO_BLK_T_DISCARD, 0);
         let (req, res) = parse(&[hdr, readable(0x2000, 32), writable(0x4000, 1)], &m);
         res.unwrap();
