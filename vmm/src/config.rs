@@ -205,7 +205,9 @@ impl VmConfig {
         }
         for spec in file.drives.into_iter().chain(flags.drives) {
             check_file("drive", &spec.path, true)?;
-            let id = spec.id.unwrap_or_else(|| format!("drive{}", drives.len()));
+            // Extra drives are numbered from 1 whether or not there is a root disk.
+            let extra = drives.len() - usize::from(has_root) + 1;
+            let id = spec.id.unwrap_or_else(|| format!("drive{extra}"));
             let clash = drives.iter().any(|d: &BlockConfig| d.id == id);
             if id.is_empty() || id.len() > MAX_DRIVE_ID_LEN || clash {
                 return Err(ConfigError::DriveId {

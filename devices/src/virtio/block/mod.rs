@@ -8,7 +8,7 @@ mod request;
 
 pub use device::{Block, BlockConfig, BlockError};
 pub use engine::{DiskEngine, RawFile};
-pub use handler::BlockHandler;
+pub use handler::{BlockHandler, DiskInfo};
 pub use request::{ParseError, Request, RequestKind};
 
 /// Sector size of the virtio-blk protocol, independent of the backing file.

@@ -1,0 +1,119 @@
+//! Bad configurations fail before any VM runs: exit 1 and one line on stderr that
+//! names the file or key at fault.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use vmm_tests::{Outcome, Vmm, TINY_ELF};
+
+fn vmm(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Outcome {
+    Vmm::raw(args.iter().map(|a| OsString::from(a.as_ref())))
+        .timeout(Duration::from_secs(10))
+        .run()
+}
+
+fn assert_config_error(out: &Outcome, needle: &str) {
+    out.assert_code(1).assert_stderr_mentions(needle);
+    assert_eq!(
+        out.stderr.trim().lines().count(),
+        1,
+        "want one line on stderr\n{out}"
+    );
+    assert!(out.stdout.is_empty(), "no guest should have run\n{out}");
+}
+
+#[test]
+fn missing_kernel_file() {
+    let out = vmm(&[&"run", &"--kernel", &"/nonexistent/vmlinux-missing"]);
+    assert_config_error(&out, "/nonexistent/vmlinux-missing");
+}
+
+#[test]
+fn no_kernel_given() {
+    let out = vmm(&[&"run", &"--memory-mib", &"128"]);
+    assert_config_error(&out, "kernel");
+}
+
+#[test]
+fn garbage_kernel_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage-kernel");
+    let junk: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(&path, junk).unwrap();
+    let out = vmm(&[&"run", &"--kernel", &path, &"--memory-mib", &"128"]);
+    assert_config_error(&out, &path.display().to_string());
+}
+
+#[test]
+fn missing_rootfs() {
+    let out = vmm(&[
+        &"run",
+        &"--kernel",
+        &TINY_ELF,
+        &"--rootfs",
+        &"/nonexistent/root.ext4",
+    ]);
+    assert_config_error(&out, "/nonexistent/root.ext4");
+}
+
+#[test]
+fn missing_drive() {
+    let out = vmm(&[
+        &"run",
+        &"--kernel",
+        &TINY_ELF,
+        &"--drive",
+        &"/nonexistent/data.img",
+    ]);
+    assert_config_error(&out, "/nonexistent/data.img");
+}
+
+#[test]
+fn zero_memory() {
+    let out = vmm(&[&"run", &"--kernel", &TINY_ELF, &"--memory-mib", &"0"]);
+    assert_config_error(&out, "memory");
+}
+
+#[test]
+fn zero_cpus() {
+    let out = vmm(&[&"run", &"--kernel", &TINY_ELF, &"--cpus", &"0"]);
+    assert_config_error(&out, "cpus");
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("vm.toml");
+    fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn unknown_key_in_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("kernel = {TINY_ELF:?}\nbogus_knob = 1\n"),
+    );
+    let out = vmm(&[&"run", &"--config", &cfg]);
+    assert_config_error(&out, "bogus_knob");
+}
+
+#[test]
+fn nonexistent_config_file() {
+    let out = vmm(&[&"run", &"--config", &"/nonexistent/vm.toml"]);
+    assert_config_error(&out, "/nonexistent/vm.toml");
+}
+
+#[test]
+fn config_file_boots_a_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("kernel = {TINY_ELF:?}\nmemory_mib = 128\nappend = \"test=boot\"\n");
+    let cfg = write_config(dir.path(), &text);
+    let out = Vmm::raw([OsString::from("run"), "--config".into(), cfg.into()]).run();
+    let g = out.assert_passed();
+    assert!(g.expect_info("cmdline").ends_with(" test=boot"), "{out}");
+    assert_eq!(g.info_num("e820_entries"), 3);
+}
