@@ -19,7 +19,8 @@ use crate::vcpu::{self, Vcpu, VcpuHandle};
 
 /// How long vCPUs get to leave KVM_RUN once told to stop.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
-const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(5);
+const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(2);
+const VCPU_POLL_INTERVAL: Duration = Duration::from_micros(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -131,12 +132,16 @@ fn wait_for_exit(rx: &Receiver<ExitReason>, watcher: &ConsoleWatcher) -> ExitRea
 fn stop_vcpus(stop: &AtomicBool, handles: &[VcpuHandle]) {
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
-    // A kick can land just before a thread enters KVM_RUN; kick until all have left.
+    let mut next_kick = Instant::now();
+    // A kick can land just before a thread enters KVM_RUN; kick again until all have left.
     while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
-        for h in handles.iter().filter(|h| !h.is_finished()) {
-            h.kick();
+        if Instant::now() >= next_kick {
+            for h in handles.iter().filter(|h| !h.is_finished()) {
+                h.kick();
+            }
+            next_kick = Instant::now() + VCPU_KICK_INTERVAL;
         }
-        std::thread::sleep(VCPU_KICK_INTERVAL);
+        std::thread::sleep(VCPU_POLL_INTERVAL);
     }
     if handles.iter().any(|h| !h.is_finished()) {
         log::warn!("a vCPU did not stop within {VCPU_STOP_TIMEOUT:?}");
