@@ -41,7 +41,12 @@ impl Driver {
             let data_flags = if write { 0 } else { VRING_DESC_F_WRITE };
             let descs = [
                 (HEADERS + chain * 16, 16u32, VRING_DESC_F_NEXT, d + 1),
-                (DATA + chain * u64::from(BLOCK), BLOCK, data_flags | VRING_DESC_F_NEXT, d + 2),
+                (
+                    DATA + chain * u64::from(BLOCK),
+                    BLOCK,
+                    data_flags | VRING_DESC_F_NEXT,
+                    d + 2,
+                ),
                 (STATUS + chain, 1, VRING_DESC_F_WRITE, 0),
             ];
             for (i, (addr, len, flags, next)) in descs.into_iter().enumerate() {
@@ -51,7 +56,8 @@ impl Driver {
                 mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
                 mem.write_obj(next as u16, GuestAddress(at + 14)).unwrap();
             }
-            mem.write_obj(u32::from(write), GuestAddress(HEADERS + chain * 16)).unwrap();
+            mem.write_obj(u32::from(write), GuestAddress(HEADERS + chain * 16))
+                .unwrap();
         }
         Self { mem, avail_idx: 0 }
     }
@@ -71,14 +77,18 @@ impl Driver {
         let blocks = FILE_SIZE / u64::from(BLOCK);
         for chain in 0..u64::from(BATCH) {
             let sector = ((round * u64::from(BATCH) + chain) * 7919 % blocks) * 8;
-            self.mem.write_obj(sector, GuestAddress(HEADERS + chain * 16 + 8)).unwrap();
+            self.mem
+                .write_obj(sector, GuestAddress(HEADERS + chain * 16 + 8))
+                .unwrap();
             let slot = u64::from(self.avail_idx % QUEUE_SIZE);
             self.mem
                 .write_obj((chain * 3) as u16, GuestAddress(AVAIL_RING + 4 + slot * 2))
                 .unwrap();
             self.avail_idx = self.avail_idx.wrapping_add(1);
         }
-        self.mem.write_obj(self.avail_idx, GuestAddress(AVAIL_RING + 2)).unwrap();
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(AVAIL_RING + 2))
+            .unwrap();
     }
 }
 
@@ -89,7 +99,10 @@ fn device_run(path: &std::path::Path, write: bool) -> f64 {
     let file = File::options().read(true).write(true).open(path).unwrap();
     let mut engine = RawFile::new(file).unwrap();
     let id = [0u8; 20];
-    let disk = DiskInfo { id: &id, read_only: false };
+    let disk = DiskInfo {
+        id: &id,
+        read_only: false,
+    };
     let rounds = REQUESTS_PER_RUN / usize::from(BATCH);
     let mut busy = 0.0;
     for round in 0..rounds {
@@ -143,6 +156,11 @@ fn main() {
             raw.push(raw_run(file.path(), write));
         }
         let (d, r) = (median(device), median(raw));
-        println!("blk {name:<5}: device {:>9.0} req/s   raw {:>9.0} req/s   ratio {:.2}", d, r, d / r);
+        println!(
+            "blk {name:<5}: device {:>9.0} req/s   raw {:>9.0} req/s   ratio {:.2}",
+            d,
+            r,
+            d / r
+        );
     }
 }

@@ -32,17 +32,20 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MEMORY_MIB: u32 = 128;
 
 /// The `vmm` binary: `$VMM_BIN`, else `vmm` in the target directory of this test
-/// executable (`<target>/<profile>/deps/<test>` -> `<target>/<profile>/vmm`).
+/// executable (`<target>/<profile>/[deps/]<exe>` -> `<target>/<profile>/vmm`).
 pub fn vmm_bin() -> PathBuf {
     if let Some(p) = env::var_os("VMM_BIN") {
         return PathBuf::from(p);
     }
     let exe = env::current_exe().expect("path of the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in <target>/<profile>/deps");
-    let bin = profile_dir.join("vmm");
+    // Tests run from <target>/<profile>/deps, the bench and demo binaries from <profile>.
+    let bin = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("vmm"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| exe.with_file_name("vmm"));
     assert!(
         bin.is_file(),
         "vmm binary not found at {}: build it with `cargo build -p vmm` \

@@ -43,7 +43,7 @@ echo tier3-synced-data > /synced.txt && sync && echo SYNCED-$((40+2))
 ";
 
 #[test]
-fn linux_boots_to_user_space_with_smp_memory_loop_mounts_and_durable_writes() {
+fn tier3_linux_boots_to_user_space_with_smp_memory_loop_mounts_and_durable_writes() {
     if let Some(reason) = linux_unavailable() {
         eprintln!("SKIPPED tier 3 (Linux guest): {reason}");
         return;
@@ -56,7 +56,11 @@ fn linux_boots_to_user_space_with_smp_memory_loop_mounts_and_durable_writes() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("rootfs.ext4");
     let copied = Command::new("cp")
-        .args(["--sparse=always".as_ref(), rootfs.as_os_str(), disk.as_os_str()])
+        .args([
+            "--sparse=always".as_ref(),
+            rootfs.as_os_str(),
+            disk.as_os_str(),
+        ])
         .status()
         .unwrap();
     assert!(copied.success());
@@ -85,7 +89,10 @@ fn linux_boots_to_user_space_with_smp_memory_loop_mounts_and_durable_writes() {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no MemTotal in:\n{console}"));
-    assert!(mem_kib > 3900 * 1024 && mem_kib <= 4096 * 1024, "MemTotal {mem_kib} kB");
+    assert!(
+        mem_kib > 3900 * 1024 && mem_kib <= 4096 * 1024,
+        "MemTotal {mem_kib} kB"
+    );
     assert!(console.contains("LOOP=ext4"), "{console}");
     let cat = Command::new("debugfs")
         .args(["-R", "cat /synced.txt"])

@@ -1,6 +1,6 @@
 //! Cross-checks of the guests themselves on QEMU's microvm machine (a reference
 //! PVH loader and virtio-mmio implementation), so a failing VMM test can be told
-//! apart from a guest bug. Skipped, with a note on stderr, without QEMU or KVM.
+//! apart from a guest bug.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,18 +8,15 @@ use std::time::Duration;
 use vmm_tests::disk::{self, fnv1a, pattern, pattern_disk, SECTOR};
 use vmm_tests::{GuestOutput, Vmm, TINY_PVH64_ELF, TINY_PVH_ELF};
 
-fn qemu() -> Option<PathBuf> {
-    let kvm = Path::new("/dev/kvm").exists();
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("qemu-system-x86_64"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() || !kvm {
-        eprintln!("SKIPPED: QEMU cross-check needs qemu-system-x86_64 and /dev/kvm");
-        return None;
-    }
-    found
+/// QEMU is a test dependency (`make deps` installs qemu-system-x86), not optional.
+fn qemu() -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("qemu-system-x86_64"))
+                .find(|p| p.is_file())
+        })
+        .expect("qemu-system-x86_64 not found: run `make deps` (apt-get install qemu-system-x86)")
 }
 
 /// `-device i8042` makes the guests' reset end QEMU (with -no-reboot); `acpi=off`
@@ -52,7 +49,7 @@ fn microvm(qemu: &Path, kernel: &str, extra: &[&str]) -> Vmm {
 
 #[test]
 fn pvh_guest_boots_with_a_command_line() {
-    let Some(q) = qemu() else { return };
+    let q = qemu();
     let out = microvm(&q, TINY_PVH_ELF, &["-append", "test=pvh hello"]).run();
     let g = out.assert_passed();
     assert!(g.has_ok("pvh"), "{out}");
@@ -61,14 +58,14 @@ fn pvh_guest_boots_with_a_command_line() {
 
 #[test]
 fn pvh_guest_boots_without_a_command_line() {
-    let Some(q) = qemu() else { return };
+    let q = qemu();
     let out = microvm(&q, TINY_PVH_ELF, &[]).run();
     assert!(out.assert_passed().has_ok("pvh"), "{out}");
 }
 
 #[test]
 fn guest_64_bit_code_runs_in_long_mode() {
-    let Some(q) = qemu() else { return };
+    let q = qemu();
     let out = microvm(&q, TINY_PVH64_ELF, &["-append", "test=boot"]).run();
     let g = out.assert_passed();
     assert_eq!(g.info_num("efer") & 0x500, 0x500, "{out}");
@@ -77,7 +74,7 @@ fn guest_64_bit_code_runs_in_long_mode() {
 
 #[test]
 fn blk_driver_against_qemu_virtio_blk() {
-    let Some(q) = qemu() else { return };
+    let q = qemu();
     let dir = tempfile::tempdir().unwrap();
     let rw = pattern_disk(dir.path(), "rw.img", 64);
     let drive = format!("id=d0,file={},format=raw,if=none", rw.display());

@@ -106,21 +106,53 @@ fn main() {
     let elf = measure(
         "vmm (64-bit ELF entry)",
         &vmm,
-        &["run", "--kernel", TINY_ELF, "--memory-mib", "128", "--append", "test=bench"],
+        &[
+            "run",
+            "--kernel",
+            TINY_ELF,
+            "--memory-mib",
+            "128",
+            "--append",
+            "test=bench",
+        ],
     );
     let pvh = measure(
         "vmm (PVH entry)",
         &vmm,
-        &["run", "--kernel", TINY_PVH64_ELF, "--memory-mib", "128", "--append", "test=bench"],
+        &[
+            "run",
+            "--kernel",
+            TINY_PVH64_ELF,
+            "--memory-mib",
+            "128",
+            "--append",
+            "test=bench",
+        ],
     );
     let qemu = which("qemu-system-x86_64").and_then(|q| {
         measure(
             "qemu microvm (PVH entry)",
             &q,
             &[
-                "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host,-arch-capabilities",
-                "-m", "128", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
-                "-device", "i8042", "-kernel", TINY_PVH64_ELF, "-append", "test=bench",
+                "-M",
+                "microvm,acpi=off",
+                "-accel",
+                "kvm",
+                "-cpu",
+                "host,-arch-capabilities",
+                "-m",
+                "128",
+                "-nographic",
+                "-no-reboot",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-device",
+                "i8042",
+                "-kernel",
+                TINY_PVH64_ELF,
+                "-append",
+                "test=bench",
             ],
         )
     });

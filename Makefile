@@ -1,0 +1,62 @@
+# vmm: build, guest images, tests, benchmarks and the demo.
+#
+#   make            build the vmm (release)
+#   make kernel     build/vmlinux + build/bzImage (cached in ~/.cache/vmm)
+#   make rootfs     build/rootfs.ext4 (cached)
+#   make test       lint + unit + integration tests (tiers 0-3; tier 3 skips where
+#                   `vmm doctor` says Linux cannot boot)
+#   make bench      start-up/RSS against QEMU microvm, virtio-blk against pread/pwrite
+#   make demo       boot the default guest, or the tiny-guest self-check where Linux
+#                   cannot boot (it says which)
+
+CARGO ?= cargo
+# Debian packages the tests and benchmarks use (the image scripts install their own).
+TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs
+
+include mk/images.mk
+
+.PHONY: all build deps lint test bench demo clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace
+
+# Installs missing packages when root; otherwise prints the exact command.
+deps:
+	@missing=$$(for p in $(TEST_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "deps: installing $$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else \
+			echo "deps: missing packages; run: sudo apt-get install -y $$missing" >&2; exit 1; \
+		fi; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The integration tests drive the vmm binary of the same profile, so build it first.
+# Tier 3 runs on its own, uncaptured, so its skip reason is always visible.
+test: deps lint rootfs-selftest
+	$(CARGO) build -p vmm
+	$(CARGO) test --workspace -- --test-threads=2 --skip tier3_
+	$(CARGO) test -p vmm-tests --test linux -- --nocapture tier3_
+
+bench: deps
+	$(CARGO) build --release -p vmm -p vmm-tests --bins
+	$(CARGO) bench -p devices --bench blk_queue
+	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/startup_bench
+
+demo: deps
+	$(CARGO) build --release -p vmm -p vmm-tests --bins
+	@if target/release/vmm doctor --json | grep -q '"linux_guests_boot":true'; then \
+		$(MAKE) --no-print-directory kernel rootfs; fi
+	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/demo
+
+clean:
+	$(CARGO) clean
+	rm -rf build
