@@ -40,6 +40,7 @@ pub enum VmError {
 
 /// Runs the VM; returns why it stopped. Errors are setup failures (nothing ran).
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
+    let setup_started = Instant::now();
     let (exit_tx, exit_rx) = channel();
     // Blocked here so every thread spawned below inherits the mask; one thread waits.
     let stop_signals = block_stop_signals();
@@ -105,6 +106,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         handles.push(vcpu.spawn().map_err(|e| VmError::Thread("vCPU", e))?);
     }
 
+    log::debug!("VM set up in {:?}; vCPUs running", setup_started.elapsed());
     let reason = wait_for_exit(&exit_rx, &watcher);
     stop_vcpus(&stop, &handles);
     for block in &blocks {
