@@ -11,7 +11,7 @@
 
 CARGO ?= cargo
 # Debian packages the tests and benchmarks use (the image scripts install their own).
-TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs
+TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs protobuf-compiler
 
 include mk/images.mk
 

@@ -154,7 +154,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     // tmpfs keeps disk writeback (which lands on whichever run is active) out of the
     // comparison: both sides pay the same syscall and copy, nothing else.
-    let dir = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+    let dir = if std::path::Path::new("/dev/shm").is_dir() {
+        "/dev/shm"
+    } else {
+        "/tmp"
+    };
     let mut file = tempfile::NamedTempFile::new_in(dir).unwrap();
     let chunk = vec![0x5au8; 1 << 20];
     for _ in 0..(FILE_SIZE >> 20) {
