@@ -1,6 +1,8 @@
 //! Protocols shared by the guest agent, the supervisor in `vmm` and the tests:
 //! [`pb`] (host <-> agent) and [`api`] (orchestrator <-> vmm), generated from agent/proto.
 
+pub mod connect;
+
 /// Generated code; module paths mirror the protobuf packages so cross-package
 /// references resolve.
 mod generated {

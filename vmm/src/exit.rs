@@ -4,6 +4,7 @@
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_SETUP_ERROR: i32 = 1;
 pub const EXIT_GUEST_CRASH: i32 = 2;
+pub const EXIT_LIFETIME_EXPIRED: i32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {
@@ -13,6 +14,10 @@ pub enum ExitReason {
     PowerOff,
     /// SIGTERM / SIGINT from the host.
     Signal(i32),
+    /// A client terminated the sandbox through the API.
+    Terminated,
+    /// The sandbox's lifetime ran out and it was terminated.
+    LifetimeExpired,
     TripleFault {
         cpu: u8,
     },
@@ -32,7 +37,8 @@ pub enum ExitReason {
 impl ExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Reset | Self::PowerOff => EXIT_OK,
+            Self::Reset | Self::PowerOff | Self::Terminated => EXIT_OK,
+            Self::LifetimeExpired => EXIT_LIFETIME_EXPIRED,
             Self::Signal(n) => 128 + n,
             Self::TripleFault { .. }
             | Self::InternalError { .. }
@@ -49,6 +55,8 @@ impl std::fmt::Display for ExitReason {
             Self::Reset => write!(f, "guest reset"),
             Self::PowerOff => write!(f, "guest powered off"),
             Self::Signal(n) => write!(f, "stopped by signal {n}"),
+            Self::Terminated => write!(f, "sandbox terminated"),
+            Self::LifetimeExpired => write!(f, "sandbox lifetime expired"),
             Self::TripleFault { cpu } => write!(f, "guest triple fault on vCPU {cpu}"),
             Self::InternalError { cpu, details } => {
                 write!(f, "KVM internal error on vCPU {cpu}: {details}")
@@ -76,5 +84,7 @@ mod tests {
         assert_eq!(ExitReason::Signal(libc::SIGTERM).exit_code(), 143);
         assert_eq!(ExitReason::TripleFault { cpu: 0 }.exit_code(), 2);
         assert_eq!(ExitReason::GuestPanic("x".into()).exit_code(), 2);
+        assert_eq!(ExitReason::Terminated.exit_code(), 0);
+        assert_eq!(ExitReason::LifetimeExpired.exit_code(), 3);
     }
 }

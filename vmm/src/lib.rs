@@ -3,11 +3,15 @@
 
 pub mod arch;
 pub mod boot;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod console;
 pub mod device_manager;
 pub mod doctor;
 pub mod exit;
 pub mod machine;
+pub mod sandbox;
+pub mod signals;
 pub mod vcpu;
 pub mod vm;

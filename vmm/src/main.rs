@@ -1,11 +1,17 @@
 //! `vmm`: boot a Linux guest (or a test guest) on KVM; check what this host can run.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use vmm::cli;
 use vmm::config::{parse_drive_flag, DriveSpec, FileConfig, Overrides, VmConfig};
 use vmm::exit::{EXIT_OK, EXIT_SETUP_ERROR};
+
+/// `vmm shell`: the image's bash as a login shell, or sh where there is no bash.
+const SHELL_COMMAND: &str = "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi";
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +39,96 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the sandbox API for an agent that is already listening on a Unix socket
+    /// (the test jail), without a VM.
+    ///
+    /// Exit status: 0 when terminated through the API, 3 when the lifetime ran out,
+    /// 128+N when stopped by signal N.
+    Supervise(SuperviseArgs),
+    /// Run a command in a sandbox: stdin is forwarded, stdout/stderr are ours, and the
+    /// exit status is the command's (128+N if a signal N killed it; 125 if the sandbox
+    /// could not run it; 127 if the program or directory does not exist).
+    Exec(ExecArgs),
+    /// Open an interactive shell (a PTY in raw mode; window size follows the terminal).
+    Shell {
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// Copy a file between the host and a sandbox; sandbox paths start with ':'
+    /// (`vmm cp ./a :/tmp/a`, `vmm cp :/etc/os-release .`). Mode bits are kept.
+    Cp {
+        #[command(flatten)]
+        api: ApiArg,
+        from: String,
+        to: String,
+    },
+    /// Print the sandbox state and its processes.
+    Status {
+        #[command(flatten)]
+        api: ApiArg,
+    },
+    /// End a sandbox: the guest syncs its disks and powers off.
+    Terminate {
+        #[command(flatten)]
+        api: ApiArg,
+        /// Seconds the guest gets to shut down before it is stopped.
+        #[arg(long, default_value_t = 5)]
+        grace: u64,
+    },
+}
+
+#[derive(Args)]
+struct ApiArg {
+    /// The sandbox's API socket.
+    #[arg(long, value_name = "PATH")]
+    api_sock: PathBuf,
+}
+
+#[derive(Args)]
+struct SuperviseArgs {
+    /// Unix socket where the agent listens.
+    #[arg(long, value_name = "PATH")]
+    agent_sock: PathBuf,
+    /// Where to serve the sandbox API (created with mode 0600).
+    #[arg(long, value_name = "PATH")]
+    api_sock: PathBuf,
+    /// End the sandbox after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    lifetime: Option<u64>,
+    /// Write the readiness JSON line to this file descriptor instead of stdout.
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<i32>,
+}
+
+#[derive(Args)]
+struct ExecArgs {
+    #[command(flatten)]
+    api: ApiArg,
+    /// Run on a PTY (interactive programs); our terminal goes to raw mode.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Environment variable for the process (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Working directory in the sandbox.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User name or uid to run as (default root).
+    #[arg(short = 'u', long, value_name = "USER")]
+    user: Option<String>,
+    /// Kill the process after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn parse_env(value: &str) -> Result<(String, String), String> {
+    value
+        .split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{value:?} is not KEY=VALUE"))
 }
 
 #[derive(Args)]
@@ -93,6 +189,41 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// Runs a client command on a small runtime; errors become exit statuses.
+fn client_command<F, Fut>(api: &std::path::Path, f: F) -> i32
+where
+    F: FnOnce(vmm::client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<i32, vmm::client::ClientError>>,
+{
+    let runtime = match cli::runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmm: cannot start the client runtime: {e}");
+            return cli::EXIT_CLIENT_ERROR;
+        }
+    };
+    runtime.block_on(async {
+        let client = match cli::connect(api).await {
+            Ok(c) => c,
+            Err(e) => return cli::report(&e),
+        };
+        f(client).await.unwrap_or_else(|e| cli::report(&e))
+    })
+}
+
+fn supervise(args: SuperviseArgs) -> anyhow::Result<i32> {
+    let options = vmm::sandbox::Options {
+        api_socket: args.api_sock,
+        agent: agent::connect::Address::Unix(args.agent_sock),
+        lifetime: args.lifetime.map(Duration::from_secs),
+        ready_fd: args.ready_fd,
+        started: Instant::now(),
+    };
+    let reason = vmm::sandbox::supervise(options)?;
+    log::info!("{reason}");
+    Ok(reason.exit_code())
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
@@ -112,6 +243,57 @@ fn main() -> ExitCode {
             }
             EXIT_OK
         }
+        Command::Supervise(args) => supervise(args).unwrap_or_else(|e| {
+            eprintln!("vmm: {}", error_chain(&e));
+            EXIT_SETUP_ERROR
+        }),
+        Command::Exec(args) => {
+            let opts = cli::exec::ExecOptions {
+                argv: args.command,
+                env: args.env.into_iter().collect::<HashMap<_, _>>(),
+                cwd: args.workdir,
+                user: args.user,
+                tty: args.tty,
+                timeout: args.timeout.map(Duration::from_secs),
+            };
+            let code = client_command(&args.api.api_sock, |c| async move {
+                cli::exec::run(&c, opts).await
+            });
+            // Exit now: a blocking stdin read may still be pending in the runtime.
+            std::process::exit(code)
+        }
+        Command::Shell { api } => {
+            let opts = cli::exec::ExecOptions {
+                argv: ["/bin/sh", "-c", SHELL_COMMAND].map(String::from).to_vec(),
+                env: HashMap::new(),
+                cwd: None,
+                user: None,
+                tty: true,
+                timeout: None,
+            };
+            let code = client_command(
+                &api.api_sock,
+                |c| async move { cli::exec::run(&c, opts).await },
+            );
+            std::process::exit(code)
+        }
+        Command::Cp { api, from, to } => client_command(&api.api_sock, |c| async move {
+            let (from, to) = (
+                cli::cp::Location::parse(&from),
+                cli::cp::Location::parse(&to),
+            );
+            cli::cp::copy(&c, &from, &to).await.map(|_| EXIT_OK)
+        }),
+        Command::Status { api } => client_command(&api.api_sock, |c| async move {
+            let s = c.status().await?;
+            println!("{}", cli::status_text(&s));
+            Ok(EXIT_OK)
+        }),
+        Command::Terminate { api, grace } => client_command(&api.api_sock, |c| async move {
+            c.terminate(Duration::from_secs(grace))
+                .await
+                .map(|()| EXIT_OK)
+        }),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }

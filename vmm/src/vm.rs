@@ -2,7 +2,7 @@
 //! stop the vCPUs, flush the disks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use crate::console::{ConsoleWatcher, RawTerminal};
 use crate::device_manager::{DeviceError, Devices};
 use crate::exit::ExitReason;
 use crate::machine::{Machine, MachineError};
+use crate::signals;
 use crate::vcpu::{self, Vcpu, VcpuHandle};
 
 /// How long vCPUs get to leave KVM_RUN once told to stop.
@@ -43,7 +44,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     let setup_started = Instant::now();
     let (exit_tx, exit_rx) = channel();
     // Blocked here so every thread spawned below inherits the mask; one thread waits.
-    let stop_signals = block_stop_signals();
+    let stop_signals = signals::block_stop_signals();
     vcpu::install_kick_handler().map_err(VmError::KickHandler)?;
 
     let machine = Machine::new(config.memory_bytes())?;
@@ -74,7 +75,8 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     }
     regs::setup_boot_cpu(&vcpu_fds[0], entry.mode, entry.rip)?;
 
-    spawn_signal_thread(stop_signals, exit_tx.clone())?;
+    signals::spawn_signal_thread(stop_signals, exit_tx.clone())
+        .map_err(|e| VmError::Thread("signal", e))?;
     let Devices {
         pio,
         mmio,
@@ -148,34 +150,4 @@ fn stop_vcpus(stop: &AtomicBool, handles: &[VcpuHandle]) {
     if handles.iter().any(|h| !h.is_finished()) {
         log::warn!("a vCPU did not stop within {VCPU_STOP_TIMEOUT:?}");
     }
-}
-
-/// SIGTERM, SIGINT and SIGHUP, blocked in the calling thread (and the threads it spawns).
-fn block_stop_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initializes it before use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; the calls only modify it and this thread's mask.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    set
-}
-
-fn spawn_signal_thread(set: libc::sigset_t, exit: Sender<ExitReason>) -> Result<(), VmError> {
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            let mut sig = 0;
-            // SAFETY: `set` and `sig` are valid for the call; the signals are blocked in
-            // every thread, so sigwait is their only consumer.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                let _ = exit.send(ExitReason::Signal(sig));
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| VmError::Thread("signal", e))
 }

@@ -1,0 +1,117 @@
+//! Client-side transports for the gRPC services: a plain Unix socket (the API socket, the
+//! agent in the test jail) and hybrid vsock (the agent in a VM, reached through the
+//! vsock device's Unix socket with `CONNECT <port>\n` / `OK <host_port>\n`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Longest `OK <port>\n` answer we accept.
+const MAX_HANDSHAKE_LINE: usize = 32;
+/// Per-stream and per-connection HTTP/2 windows: large enough that one paused stream
+/// never starves the others of connection credit.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+pub const CONNECTION_WINDOW: u32 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {path}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vsock handshake with {path} failed: {reason}")]
+    Handshake { path: PathBuf, reason: String },
+    #[error("gRPC connection failed")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+/// Where a gRPC peer listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Unix(PathBuf),
+    /// Through the vsock device's Unix socket to a guest port.
+    HybridVsock { uds: PathBuf, port: u32 },
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::HybridVsock { uds, port } => write!(f, "vsock:{}:{port}", uds.display()),
+        }
+    }
+}
+
+/// Opens one byte stream to `address` (handshake included for vsock).
+pub async fn open_stream(address: &Address) -> Result<UnixStream, ConnectError> {
+    match address {
+        Address::Unix(path) => connect_unix(path).await,
+        Address::HybridVsock { uds, port } => {
+            let mut stream = connect_unix(uds).await?;
+            handshake(&mut stream, uds, *port).await?;
+            Ok(stream)
+        }
+    }
+}
+
+async fn connect_unix(path: &Path) -> Result<UnixStream, ConnectError> {
+    UnixStream::connect(path)
+        .await
+        .map_err(|source| ConnectError::Socket {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+async fn handshake(stream: &mut UnixStream, uds: &Path, port: u32) -> Result<(), ConnectError> {
+    let fail = |reason: String| ConnectError::Handshake {
+        path: uds.to_path_buf(),
+        reason,
+    };
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    // Byte by byte: whatever follows the line belongs to the protocol on top.
+    let mut line = Vec::new();
+    loop {
+        let b = stream.read_u8().await.map_err(|e| {
+            fail(format!("no answer to CONNECT {port} ({e}); is the guest listening?"))
+        })?;
+        if b == b'\n' {
+            break;
+        }
+        line.push(b);
+        if line.len() > MAX_HANDSHAKE_LINE {
+            return Err(fail("answer line too long".into()));
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    if text.starts_with("OK ") {
+        Ok(())
+    } else {
+        Err(fail(format!("unexpected answer {text:?}")))
+    }
+}
+
+/// A gRPC channel to `address`. One HTTP/2 connection carries every call; it is
+/// re-established on demand if it breaks.
+pub async fn channel(address: Address) -> Result<Channel, ConnectError> {
+    // The URI is required by tonic but unused: the connector decides where to go.
+    let channel = Endpoint::from_static("http://vmm.local")
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(tower::service_fn(move |_| {
+            let address = address.clone();
+            async move { open_stream(&address).await.map(TokioIo::new) }
+        }))
+        .await?;
+    Ok(channel)
+}

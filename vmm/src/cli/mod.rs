@@ -1,0 +1,65 @@
+//! Client-side commands of the `vmm` binary: exec, shell, cp, status, terminate.
+
+pub mod cp;
+pub mod exec;
+
+use std::path::Path;
+
+use crate::client::{Client, ClientError};
+
+/// Exit status of a client command that failed before or outside the process
+/// (connection, API or protocol errors), as `docker run` uses 125.
+pub const EXIT_CLIENT_ERROR: i32 = 125;
+/// The program could not be started (missing program or cwd), as shells use 127.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// A single-threaded runtime: client commands are I/O bound and short-lived.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+pub async fn connect(api_socket: &Path) -> Result<Client, ClientError> {
+    Client::connect(api_socket).await
+}
+
+/// Prints a client error and returns the exit status it maps to.
+pub fn report(e: &ClientError) -> i32 {
+    eprintln!("vmm: {e}");
+    match e {
+        ClientError::Status(s) if s.code() == tonic::Code::NotFound => EXIT_NOT_FOUND,
+        _ => EXIT_CLIENT_ERROR,
+    }
+}
+
+/// `vmm status` output: the state line, then one line per exec.
+pub fn status_text(s: &agent::api::StatusResponse) -> String {
+    let state = agent::api::status_response::State::try_from(s.state)
+        .map(|st| st.as_str_name().trim_start_matches("STATE_").to_lowercase())
+        .unwrap_or_else(|_| "unknown".into());
+    let mut out = format!(
+        "state: {state}  uptime: {} ms  ready after: {} ms",
+        s.uptime_ms, s.ready_after_ms
+    );
+    if !s.detail.is_empty() {
+        out.push_str(&format!("  ({})", s.detail));
+    }
+    for e in &s.execs {
+        let end = match e.exited.as_ref().and_then(|x| x.status) {
+            Some(agent::pb::exited::Status::Code(c)) => format!("exited {c}"),
+            Some(agent::pb::exited::Status::Signal(n)) => format!("killed by signal {n}"),
+            None if e.running => "running".to_string(),
+            None => "lost".to_string(),
+        };
+        out.push_str(&format!(
+            "\n{}  pid {}  {end}  out {} B  err {} B  {}",
+            e.exec_id,
+            e.pid,
+            e.stdout_bytes,
+            e.stderr_bytes,
+            e.argv.join(" ")
+        ));
+    }
+    out
+}

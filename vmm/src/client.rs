@@ -1,0 +1,272 @@
+//! Rust client of the sandbox API (vmm.sandbox.v1), used by the CLI and the tests.
+
+use std::path::Path;
+use std::time::Duration;
+
+use agent::api::sandbox_client::SandboxClient;
+use agent::api::{
+    exec_event, exec_request, Attach, ExecEvent, ExecRequest, StartExec, StatusRequest,
+    StatusResponse, TerminateRequest,
+};
+use agent::connect::Address;
+use agent::pb::{self, ExecStart, Exited};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
+
+/// File transfer chunk size.
+const FILE_CHUNK: usize = 256 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the sandbox API at {path}")]
+    Connect {
+        path: std::path::PathBuf,
+        #[source]
+        source: agent::connect::ConnectError,
+    },
+    #[error("{}", .0.message())]
+    Status(#[from] Status),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+#[derive(Clone)]
+pub struct Client {
+    api: SandboxClient<Channel>,
+}
+
+/// An exec's two directions: requests to send (stdin, signals, resizes) and its events.
+pub struct ExecSession {
+    pub exec_id: String,
+    pub pid: u32,
+    pub input: mpsc::Sender<ExecRequest>,
+    pub events: Streaming<ExecEvent>,
+}
+
+/// What a finished exec produced, for callers that want it all at once.
+#[derive(Debug, Default, Clone)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exited: Option<Exited>,
+}
+
+impl ExecOutput {
+    /// The exit code, or 128 + signal for a process killed by a signal.
+    pub fn code(&self) -> Option<i32> {
+        match self.exited.as_ref()?.status? {
+            pb::exited::Status::Code(c) => Some(c),
+            pb::exited::Status::Signal(s) => Some(128 + s),
+        }
+    }
+}
+
+pub fn request(r: exec_request::Request) -> ExecRequest {
+    ExecRequest { request: Some(r) }
+}
+
+impl Client {
+    pub async fn connect(api_socket: &Path) -> Result<Self, ClientError> {
+        let channel = agent::connect::channel(Address::Unix(api_socket.to_path_buf()))
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: api_socket.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            api: SandboxClient::new(channel)
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+        })
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        Ok(self
+            .api
+            .clone()
+            .status(StatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    async fn open(&self, first: exec_request::Request) -> Result<ExecSession, ClientError> {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(request(first))
+            .await
+            .map_err(|_| ClientError::Protocol("input closed".into()))?;
+        let mut events = self
+            .api
+            .clone()
+            .exec(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        match events.message().await? {
+            Some(ExecEvent {
+                event: Some(exec_event::Event::Started(s)),
+            }) => Ok(ExecSession {
+                exec_id: s.exec_id,
+                pid: s.pid,
+                input: tx,
+                events,
+            }),
+            other => Err(ClientError::Protocol(format!(
+                "expected `started`, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Starts a process; `exec_id` may be chosen by the caller.
+    pub async fn exec(
+        &self,
+        process: ExecStart,
+        exec_id: Option<String>,
+    ) -> Result<ExecSession, ClientError> {
+        self.open(exec_request::Request::Start(StartExec {
+            process: Some(process),
+            exec_id: exec_id.unwrap_or_default(),
+        }))
+        .await
+    }
+
+    /// Re-attaches to a running or finished exec, replaying output from the offsets.
+    pub async fn attach(
+        &self,
+        exec_id: &str,
+        stdout_offset: u64,
+        stderr_offset: u64,
+    ) -> Result<ExecSession, ClientError> {
+        self.open(exec_request::Request::Attach(Attach {
+            exec_id: exec_id.to_string(),
+            stdout_offset,
+            stderr_offset,
+        }))
+        .await
+    }
+
+    /// Runs `argv` with `stdin` to completion and collects its output.
+    pub async fn run(&self, argv: &[&str], stdin: &[u8]) -> Result<ExecOutput, ClientError> {
+        let process = ExecStart {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let session = self.exec(process, None).await?;
+        if !stdin.is_empty() {
+            let _ = session
+                .input
+                .send(request(exec_request::Request::Stdin(stdin.to_vec())))
+                .await;
+        }
+        let _ = session
+            .input
+            .send(request(exec_request::Request::CloseStdin(
+                pb::CloseStdin {},
+            )))
+            .await;
+        collect(session).await
+    }
+
+    /// Streams `reader` into `path` in the sandbox with `mode` (0 = 0644).
+    pub async fn write_file(
+        &self,
+        path: &str,
+        mode: u32,
+        mut reader: impl AsyncRead + Unpin + Send + 'static,
+    ) -> Result<u64, ClientError> {
+        use pb::write_file_request::Part;
+        let (tx, rx) = mpsc::channel(4);
+        let header = pb::WriteFileHeader {
+            path: path.to_string(),
+            mode,
+            make_parents: false,
+        };
+        let mut call = self.api.clone();
+        let upload = tokio::spawn(async move { call.write_file(ReceiverStream::new(rx)).await });
+        let _ = tx
+            .send(pb::WriteFileRequest {
+                part: Some(Part::Header(header)),
+            })
+            .await;
+        loop {
+            let mut buf = vec![0u8; FILE_CHUNK];
+            let n = reader.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            if tx
+                .send(pb::WriteFileRequest {
+                    part: Some(Part::Data(buf)),
+                })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        drop(tx);
+        let response = upload
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))??;
+        Ok(response.into_inner().size)
+    }
+
+    /// Streams the sandbox file `path` into `writer`; returns its info.
+    pub async fn read_file(
+        &self,
+        path: &str,
+        mut writer: impl AsyncWrite + Unpin,
+    ) -> Result<pb::FileInfo, ClientError> {
+        use pb::read_file_response::Part;
+        let mut stream = self
+            .api
+            .clone()
+            .read_file(pb::ReadFileRequest {
+                path: path.to_string(),
+            })
+            .await?
+            .into_inner();
+        let mut info = None;
+        while let Some(msg) = stream.message().await? {
+            match msg.part {
+                Some(Part::Info(i)) => info = Some(i),
+                Some(Part::Data(d)) => writer.write_all(&d).await?,
+                None => {}
+            }
+        }
+        writer.flush().await?;
+        info.ok_or_else(|| ClientError::Protocol("no file info in ReadFile".into()))
+    }
+
+    pub fn api(&self) -> SandboxClient<Channel> {
+        self.api.clone()
+    }
+
+    pub async fn terminate(&self, grace: Duration) -> Result<(), ClientError> {
+        self.api
+            .clone()
+            .terminate(TerminateRequest {
+                grace_ms: grace.as_millis() as u64,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Reads a session's events to the end.
+pub async fn collect(mut session: ExecSession) -> Result<ExecOutput, ClientError> {
+    let mut out = ExecOutput::default();
+    while let Some(ev) = session.events.message().await? {
+        match ev.event {
+            Some(exec_event::Event::Stdout(o)) => out.stdout.extend_from_slice(&o.data),
+            Some(exec_event::Event::Stderr(o)) => out.stderr.extend_from_slice(&o.data),
+            Some(exec_event::Event::Exited(e)) => out.exited = Some(e),
+            _ => {}
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,92 @@
+//! The supervisor's side of the agent connection: the lazily connected client, the
+//! readiness wait, the one-line readiness report, and the health watch that notices an
+//! agent that stopped answering.
+
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::api::status_response::State;
+use agent::connect::{Address, CONNECTION_WINDOW, STREAM_WINDOW};
+use agent::pb::agent_client::AgentClient;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+use super::Supervisor;
+
+const PROBE_INTERVAL_STARTING: Duration = Duration::from_millis(10);
+const PROBE_INTERVAL_READY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A client whose connection is made on first use and re-made after it breaks.
+pub fn client(address: Address) -> AgentClient<Channel> {
+    let channel = Endpoint::from_static("http://agent.vmm")
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .connect_timeout(PROBE_TIMEOUT)
+        .connect_with_connector_lazy(tower::service_fn(move |_| {
+            let address = address.clone();
+            async move {
+                agent::connect::open_stream(&address)
+                    .await
+                    .map(TokioIo::new)
+            }
+        }));
+    AgentClient::new(channel)
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(16 << 20)
+}
+
+/// Probes the agent: quickly until it first answers, then once a second.
+pub async fn watch(supervisor: Arc<Supervisor>) {
+    let mut announced = false;
+    loop {
+        let mut agent = supervisor.agent.clone();
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, agent.ping(agent::pb::PingRequest {}));
+        match probe.await {
+            Ok(Ok(_)) => {
+                supervisor.set_health(State::Ready, String::new());
+                if !announced {
+                    announced = true;
+                    announce_ready(&supervisor);
+                }
+            }
+            Ok(Err(status)) if announced => {
+                supervisor.set_health(State::AgentLost, format!("agent: {}", status.message()));
+            }
+            Err(_) if announced => {
+                supervisor.set_health(State::AgentLost, "agent stopped answering".into());
+            }
+            _ => {}
+        }
+        let pause = if announced {
+            PROBE_INTERVAL_READY
+        } else {
+            PROBE_INTERVAL_STARTING
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The readiness signal: one JSON line, on the ready fd if one was given, else stdout.
+fn announce_ready(supervisor: &Supervisor) {
+    let ready_ms = supervisor.options.started.elapsed().as_millis();
+    let line = format!(
+        "{{\"event\":\"ready\",\"api_socket\":{:?},\"ready_ms\":{ready_ms}}}\n",
+        supervisor.options.api_socket.display().to_string()
+    );
+    let written = match supervisor.options.ready_fd {
+        // SAFETY: the fd was handed to us (--ready-fd) for this one line; we own it now
+        // and close it after writing, which also tells the reader we are done.
+        Some(fd) => unsafe { std::fs::File::from_raw_fd(fd) }.write_all(line.as_bytes()),
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(line.as_bytes()).and_then(|()| out.flush())
+        }
+    };
+    if let Err(e) = written {
+        log::error!("cannot write the readiness line: {e}");
+    }
+    log::info!("agent ready after {ready_ms} ms");
+}

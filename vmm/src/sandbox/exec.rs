@@ -1,0 +1,223 @@
+//! A process running in the sandbox as the supervisor tracks it: its output logs, its
+//! exit, and the channel to its agent stream. `pump` moves agent output into the logs;
+//! `attach` streams the logs to one client from given offsets. The two only meet through
+//! the logs, so clients come and go while the process keeps running.
+
+use std::sync::{Arc, Mutex};
+
+use agent::api::{exec_event, ExecEvent, ExecStarted, Output};
+use agent::pb::{exec_output, ExecInput, ExecOutput, Exited};
+use devices::bus::lock;
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+
+use super::output::{OutputError, OutputLog};
+
+/// Bytes kept for re-attach after delivery, per stream.
+const RETAIN: u64 = 16 << 20;
+/// Undelivered bytes per stream before the process is throttled.
+const WINDOW: u64 = 4 << 20;
+/// Largest output message sent to a client.
+const CHUNK: usize = 64 << 10;
+
+pub struct ExecState {
+    pub pid: u32,
+    pub stdout: OutputLog,
+    pub stderr: OutputLog,
+    pub exited: Option<Exited>,
+    /// Why the process's fate is unknown (the agent connection broke).
+    pub error: Option<String>,
+}
+
+pub struct Exec {
+    pub id: String,
+    pub argv: Vec<String>,
+    pub state: Mutex<ExecState>,
+    /// Bumped on every change; waiters re-check the state.
+    changed: watch::Sender<u64>,
+    /// Inputs for the agent's Exec stream (stdin, signals, resizes).
+    pub input: mpsc::Sender<ExecInput>,
+}
+
+impl Exec {
+    pub fn new(id: String, argv: Vec<String>, pid: u32, input: mpsc::Sender<ExecInput>) -> Self {
+        Self {
+            id,
+            argv,
+            state: Mutex::new(ExecState {
+                pid,
+                stdout: OutputLog::new(RETAIN, WINDOW),
+                stderr: OutputLog::new(RETAIN, WINDOW),
+                exited: None,
+                error: None,
+            }),
+            changed: watch::channel(0).0,
+            input,
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Checks that an attach can start at these offsets.
+    pub fn check_offsets(&self, stdout: u64, stderr: u64) -> Result<(), OutputError> {
+        let st = lock(&self.state);
+        for (log, at) in [(&st.stdout, stdout), (&st.stderr, stderr)] {
+            if at < log.oldest() {
+                return Err(OutputError::Dropped {
+                    requested: at,
+                    oldest: log.oldest(),
+                });
+            }
+            if at > log.end() {
+                return Err(OutputError::Beyond {
+                    requested: at,
+                    end: log.end(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves the agent's output into the logs until the process exits or the stream breaks.
+pub async fn pump(exec: Arc<Exec>, mut from_agent: Streaming<ExecOutput>) {
+    let mut changes = exec.changed.subscribe();
+    loop {
+        // Backpressure: stop taking output while a client is this far behind.
+        loop {
+            let room = {
+                let st = lock(&exec.state);
+                st.stdout.has_room() && st.stderr.has_room()
+            };
+            if room {
+                break;
+            }
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+        let message = from_agent.message().await;
+        {
+            let mut st = lock(&exec.state);
+            match message {
+                Ok(Some(ExecOutput { output: Some(out) })) => match out {
+                    exec_output::Output::Stdout(d) => st.stdout.push(d),
+                    exec_output::Output::Stderr(d) => st.stderr.push(d),
+                    exec_output::Output::Exited(e) => st.exited = Some(e),
+                    exec_output::Output::Started(_) => {}
+                },
+                Ok(Some(ExecOutput { output: None })) => {}
+                Ok(None) => {
+                    if st.exited.is_none() {
+                        st.error = Some("the agent ended the process stream early".into());
+                    }
+                }
+                Err(status) => st.error = Some(format!("agent: {}", status.message())),
+            }
+            let done = st.exited.is_some() || st.error.is_some();
+            drop(st);
+            exec.notify();
+            if done {
+                return;
+            }
+        }
+    }
+}
+
+/// Streams output from the given offsets to one client, then the exit. Returns when the
+/// process is done and everything was sent, or when the client goes away.
+pub async fn attach(
+    exec: Arc<Exec>,
+    mut stdout_at: u64,
+    mut stderr_at: u64,
+    to_client: mpsc::Sender<Result<ExecEvent, Status>>,
+) {
+    let mut changes = exec.changed.subscribe();
+    let pid = lock(&exec.state).pid;
+    let started = exec_event::Event::Started(ExecStarted {
+        exec_id: exec.id.clone(),
+        pid,
+    });
+    if send(&to_client, started).await.is_err() {
+        return;
+    }
+    loop {
+        changes.borrow_and_update();
+        let (out, err, end) = {
+            let mut st = lock(&exec.state);
+            let out = st.stdout.read(stdout_at, CHUNK);
+            let err = st.stderr.read(stderr_at, CHUNK);
+            let end = match (&st.exited, &st.error) {
+                (Some(e), _) => Some(Ok(e.clone())),
+                (None, Some(msg)) => Some(Err(msg.clone())),
+                (None, None) => None,
+            };
+            (out, err, end)
+        };
+        let (out, err) = match (out, err) {
+            (Ok(o), Ok(e)) => (o, e),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = to_client
+                    .send(Err(Status::out_of_range(e.to_string())))
+                    .await;
+                return;
+            }
+        };
+        let progressed = !out.is_empty() || !err.is_empty();
+        if progressed {
+            // Delivery frees window: the pump may be waiting for it.
+            exec.notify();
+        }
+        if !out.is_empty() {
+            let n = out.len() as u64;
+            let msg = exec_event::Event::Stdout(Output {
+                offset: stdout_at,
+                data: out,
+            });
+            if send(&to_client, msg).await.is_err() {
+                return;
+            }
+            stdout_at += n;
+        }
+        if !err.is_empty() {
+            let n = err.len() as u64;
+            let msg = exec_event::Event::Stderr(Output {
+                offset: stderr_at,
+                data: err,
+            });
+            if send(&to_client, msg).await.is_err() {
+                return;
+            }
+            stderr_at += n;
+        }
+        if progressed {
+            continue;
+        }
+        match end {
+            Some(Ok(exited)) => {
+                let _ = send(&to_client, exec_event::Event::Exited(exited)).await;
+                return;
+            }
+            Some(Err(msg)) => {
+                let _ = to_client.send(Err(Status::unavailable(msg))).await;
+                return;
+            }
+            None => {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn send(
+    to: &mpsc::Sender<Result<ExecEvent, Status>>,
+    event: exec_event::Event,
+) -> Result<(), ()> {
+    to.send(Ok(ExecEvent { event: Some(event) }))
+        .await
+        .map_err(|_| ())
+}

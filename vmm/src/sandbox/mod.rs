@@ -1,0 +1,196 @@
+//! The supervisor: serves the orchestrator's API (vmm.sandbox.v1) on a Unix socket and
+//! relays it to the guest agent, keeping exec output so clients can re-attach.
+//! It runs on its own tokio runtime; the VM (or the test jail) is told to end through
+//! the `on_end` callback.
+
+mod agent_link;
+mod exec;
+mod output;
+mod server;
+mod service;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent::api::status_response::State;
+use agent::connect::Address;
+use agent::pb::agent_client::AgentClient;
+use devices::bus::lock;
+use tonic::transport::Channel;
+
+pub use server::ServeError;
+
+use exec::Exec;
+
+/// Why the supervisor ended the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// A client called Terminate.
+    Terminated,
+    /// The configured lifetime ran out.
+    LifetimeExpired,
+}
+
+pub struct Options {
+    pub api_socket: PathBuf,
+    pub agent: Address,
+    /// End the sandbox this long after start.
+    pub lifetime: Option<Duration>,
+    /// Where to write the readiness line; stdout when None.
+    pub ready_fd: Option<i32>,
+    /// Process start, for "ready after".
+    pub started: Instant,
+}
+
+/// Default time the guest gets to sync and power off on Terminate.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+struct Health {
+    state: State,
+    ready_after: Option<Duration>,
+    detail: String,
+}
+
+pub struct Supervisor {
+    options: Options,
+    agent: AgentClient<Channel>,
+    health: Mutex<Health>,
+    execs: Mutex<HashMap<String, Arc<Exec>>>,
+    next_exec: AtomicU64,
+    terminating: AtomicBool,
+    end_cause: Arc<Mutex<Option<EndCause>>>,
+    on_end: Box<dyn Fn(EndCause) + Send + Sync>,
+}
+
+/// What the VMM keeps of a running supervisor.
+pub struct Handle {
+    end_cause: Arc<Mutex<Option<EndCause>>>,
+}
+
+impl Handle {
+    /// Why the supervisor is ending the sandbox, once it started to: a guest that powers
+    /// off at our request is a termination, not a guest decision.
+    pub fn end_cause(&self) -> Option<EndCause> {
+        *lock(&self.end_cause)
+    }
+}
+
+impl Supervisor {
+    fn set_health(&self, state: State, detail: String) {
+        let mut h = lock(&self.health);
+        if h.state == State::Terminating {
+            return;
+        }
+        if state == State::Ready && h.ready_after.is_none() {
+            h.ready_after = Some(self.options.started.elapsed());
+        }
+        h.state = state;
+        h.detail = detail;
+    }
+
+    fn exec(&self, id: &str) -> Option<Arc<Exec>> {
+        lock(&self.execs).get(id).cloned()
+    }
+
+    /// Asks the agent to sync and power off, then ends the sandbox after `grace` at most.
+    async fn terminate(self: &Arc<Self>, grace: Duration, cause: EndCause) {
+        if self.terminating.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        *lock(&self.end_cause) = Some(cause);
+        lock(&self.health).state = State::Terminating;
+        let mut agent = self.agent.clone();
+        let shutdown = agent.shutdown(agent::pb::ShutdownRequest {});
+        match tokio::time::timeout(grace, shutdown).await {
+            Ok(Ok(_)) => log::info!("agent synced and is shutting down"),
+            // The guest powering off may cut the answer short: it synced first.
+            Ok(Err(status)) => log::info!("agent shutdown: {}", status.message()),
+            Err(_) => log::warn!("agent did not answer shutdown within {grace:?}"),
+        }
+        (self.on_end)(cause);
+    }
+}
+
+/// Starts the supervisor on its own runtime thread. Returns once the API socket is bound
+/// (so a setup error is reported before the VM runs); readiness comes later.
+pub fn spawn(
+    options: Options,
+    on_end: Box<dyn Fn(EndCause) + Send + Sync>,
+) -> Result<Handle, ServeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("supervisor")
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let listener = runtime.block_on(server::bind(&options.api_socket))?;
+    let agent = agent_link::client(options.agent.clone());
+    let supervisor = Arc::new(Supervisor {
+        options,
+        agent,
+        health: Mutex::new(Health {
+            state: State::Starting,
+            ready_after: None,
+            detail: String::new(),
+        }),
+        execs: Mutex::new(HashMap::new()),
+        next_exec: AtomicU64::new(1),
+        terminating: AtomicBool::new(false),
+        end_cause: Arc::new(Mutex::new(None)),
+        on_end,
+    });
+    let handle = Handle {
+        end_cause: supervisor.end_cause.clone(),
+    };
+    std::thread::Builder::new()
+        .name("supervisor".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let s = supervisor.clone();
+                tokio::spawn(agent_link::watch(s));
+                if let Some(lifetime) = supervisor.options.lifetime {
+                    let s = supervisor.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(lifetime).await;
+                        log::warn!("sandbox lifetime of {lifetime:?} reached; terminating");
+                        s.terminate(DEFAULT_GRACE, EndCause::LifetimeExpired).await;
+                    });
+                }
+                if let Err(e) = server::serve(listener, supervisor).await {
+                    log::error!("API server stopped: {e}");
+                }
+            })
+        })
+        .map_err(ServeError::Runtime)?;
+    Ok(handle)
+}
+
+impl EndCause {
+    pub fn exit_reason(self) -> crate::exit::ExitReason {
+        match self {
+            Self::Terminated => crate::exit::ExitReason::Terminated,
+            Self::LifetimeExpired => crate::exit::ExitReason::LifetimeExpired,
+        }
+    }
+}
+
+/// Runs only the supervisor against an agent that is already listening (the test jail,
+/// or an agent reached by other means), until the sandbox ends or a signal stops it.
+pub fn supervise(options: Options) -> Result<crate::exit::ExitReason, ServeError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let set = crate::signals::block_stop_signals();
+    crate::signals::spawn_signal_thread(set, tx.clone()).map_err(ServeError::Runtime)?;
+    let exit = std::sync::Mutex::new(tx);
+    let _handle = spawn(
+        options,
+        Box::new(move |cause| {
+            let _ = lock(&exit).send(cause.exit_reason());
+        }),
+    )?;
+    Ok(rx
+        .recv()
+        .unwrap_or(crate::exit::ExitReason::Vmm("supervisor ended".into())))
+}

@@ -1,0 +1,85 @@
+//! The API socket: a Unix socket created with mode 0600 that, in addition, only accepts
+//! peers running as our own user (or root).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use agent::api::sandbox_server::SandboxServer;
+use agent::connect::{CONNECTION_WINDOW, STREAM_WINDOW};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
+
+use super::service::SandboxService;
+use super::Supervisor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind the API socket {path}")]
+    Bind {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the supervisor runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("API server failed")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Binds `path` (replacing a stale socket) with mode 0600.
+pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Ok(_) => {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            )))
+        }
+        Err(_) => {}
+    }
+    // SAFETY: umask only swaps the process's file creation mask; the socket file is
+    // created 0600 by bind, with no window where others could connect.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    bound.map_err(err)
+}
+
+fn peer_allowed(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    match stream.peer_cred() {
+        Ok(cred) => cred.uid() == me || cred.uid() == 0,
+        Err(_) => false,
+    }
+}
+
+pub async fn serve(listener: UnixListener, supervisor: Arc<Supervisor>) -> Result<(), ServeError> {
+    let incoming = UnixListenerStream::new(listener).filter(|conn| match conn {
+        Ok(stream) if !peer_allowed(stream) => {
+            log::warn!("API: refused a connection from another user");
+            false
+        }
+        _ => true,
+    });
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .add_service(
+            SandboxServer::new(SandboxService::new(supervisor))
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+        )
+        .serve_with_incoming(incoming)
+        .await?;
+    Ok(())
+}

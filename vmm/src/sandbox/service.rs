@@ -1,0 +1,285 @@
+//! The `vmm.sandbox.v1.Sandbox` service: status, exec/attach, file relays, terminate.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent::api::sandbox_server::Sandbox;
+use agent::api::{
+    exec_request, status_response::State, Attach, ExecEvent, ExecInfo, ExecRequest, StartExec,
+    StatusRequest, StatusResponse, TerminateRequest, TerminateResponse,
+};
+use agent::pb::{self, exec_input, exec_output, ExecInput};
+use devices::bus::lock;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::exec::{attach, pump, Exec};
+use super::{EndCause, Supervisor, DEFAULT_GRACE};
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, Status>> + Send>>;
+type FileStream = Pin<Box<dyn Stream<Item = Result<pb::ReadFileResponse, Status>> + Send>>;
+
+/// Client messages buffered toward the agent per exec.
+const INPUT_QUEUE: usize = 16;
+/// Events buffered toward one client: small, so a client that stops reading stalls its
+/// own attachment quickly and the process is throttled.
+const EVENT_QUEUE: usize = 4;
+
+pub struct SandboxService {
+    supervisor: Arc<Supervisor>,
+}
+
+impl SandboxService {
+    pub fn new(supervisor: Arc<Supervisor>) -> Self {
+        Self { supervisor }
+    }
+
+    fn agent(&self) -> Result<pb::agent_client::AgentClient<tonic::transport::Channel>, Status> {
+        if self.supervisor.terminating.load(Ordering::SeqCst) {
+            return Err(Status::failed_precondition("the sandbox is terminating"));
+        }
+        Ok(self.supervisor.agent.clone())
+    }
+
+    async fn start(&self, start: StartExec) -> Result<Arc<Exec>, Status> {
+        let process = start
+            .process
+            .ok_or_else(|| Status::invalid_argument("start.process is missing"))?;
+        if process.argv.is_empty() {
+            return Err(Status::invalid_argument("start.process.argv is empty"));
+        }
+        let id = if start.exec_id.is_empty() {
+            let n = self.supervisor.next_exec.fetch_add(1, Ordering::SeqCst);
+            format!("e{n}")
+        } else {
+            start.exec_id
+        };
+        if self.supervisor.exec(&id).is_some() {
+            return Err(Status::already_exists(format!("exec id {id:?} is taken")));
+        }
+        let argv = process.argv.clone();
+        let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+        input_tx
+            .send(ExecInput {
+                input: Some(exec_input::Input::Start(process)),
+            })
+            .await
+            .map_err(|_| Status::internal("exec input closed"))?;
+        let mut agent = self.agent()?;
+        let mut outputs = agent
+            .exec(ReceiverStream::new(input_rx))
+            .await?
+            .into_inner();
+        let pid = match outputs.message().await? {
+            Some(pb::ExecOutput {
+                output: Some(exec_output::Output::Started(s)),
+            }) => s.pid,
+            _ => {
+                return Err(Status::internal(
+                    "the agent did not report the process start",
+                ))
+            }
+        };
+        let exec = Arc::new(Exec::new(id.clone(), argv, pid, input_tx));
+        lock(&self.supervisor.execs).insert(id, exec.clone());
+        tokio::spawn(pump(exec.clone(), outputs));
+        Ok(exec)
+    }
+
+    fn find_attach(&self, a: &Attach) -> Result<Arc<Exec>, Status> {
+        let exec = self
+            .supervisor
+            .exec(&a.exec_id)
+            .ok_or_else(|| Status::not_found(format!("no exec with id {:?}", a.exec_id)))?;
+        exec.check_offsets(a.stdout_offset, a.stderr_offset)
+            .map_err(|e| Status::out_of_range(e.to_string()))?;
+        Ok(exec)
+    }
+}
+
+/// Forwards a client's stdin/signals/resizes to the process until the client goes.
+async fn forward_input(mut from_client: Streaming<ExecRequest>, exec: Arc<Exec>) {
+    while let Ok(Some(req)) = from_client.message().await {
+        let input = match req.request {
+            Some(exec_request::Request::Stdin(d)) => exec_input::Input::Stdin(d),
+            Some(exec_request::Request::CloseStdin(c)) => exec_input::Input::CloseStdin(c),
+            Some(exec_request::Request::Signal(s)) => exec_input::Input::Signal(s),
+            Some(exec_request::Request::Resize(w)) => exec_input::Input::Resize(w),
+            // A second start/attach on the same stream is a client bug; ignore it.
+            Some(exec_request::Request::Start(_) | exec_request::Request::Attach(_)) | None => {
+                continue
+            }
+        };
+        if exec
+            .input
+            .send(ExecInput { input: Some(input) })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Sandbox for SandboxService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let s = &self.supervisor;
+        let (state, ready_after, detail) = {
+            let h = lock(&s.health);
+            (h.state, h.ready_after, h.detail.clone())
+        };
+        let mut execs: Vec<ExecInfo> = lock(&s.execs)
+            .values()
+            .map(|e| {
+                let st = lock(&e.state);
+                ExecInfo {
+                    exec_id: e.id.clone(),
+                    argv: e.argv.clone(),
+                    pid: st.pid,
+                    running: st.exited.is_none() && st.error.is_none(),
+                    exited: st.exited.clone(),
+                    stdout_bytes: st.stdout.end(),
+                    stderr_bytes: st.stderr.end(),
+                }
+            })
+            .collect();
+        execs.sort_by(|a, b| a.exec_id.cmp(&b.exec_id));
+        Ok(Response::new(StatusResponse {
+            state: state as i32,
+            uptime_ms: s.options.started.elapsed().as_millis() as u64,
+            ready_after_ms: ready_after.map_or(0, |d| d.as_millis() as u64),
+            execs,
+            detail,
+        }))
+    }
+
+    type ExecStream = EventStream;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<ExecRequest>>,
+    ) -> Result<Response<EventStream>, Status> {
+        let mut from_client = request.into_inner();
+        let first = from_client
+            .message()
+            .await?
+            .and_then(|r| r.request)
+            .ok_or_else(|| Status::invalid_argument("the first message must be start or attach"))?;
+        let (exec, stdout_at, stderr_at) = match first {
+            exec_request::Request::Start(start) => (self.start(start).await?, 0, 0),
+            exec_request::Request::Attach(a) => {
+                let exec = self.find_attach(&a)?;
+                (exec, a.stdout_offset, a.stderr_offset)
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be start or attach",
+                ))
+            }
+        };
+        tokio::spawn(forward_input(from_client, exec.clone()));
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        tokio::spawn(attach(exec, stdout_at, stderr_at, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn write_file(
+        &self,
+        request: Request<Streaming<pb::WriteFileRequest>>,
+    ) -> Result<Response<pb::WriteFileResponse>, Status> {
+        let mut from_client = request.into_inner();
+        let mut agent = self.agent()?;
+        // Chunks go to the agent as they arrive. If the client's stream breaks, the agent
+        // call is dropped (cancelled), so a partial upload is never taken as complete.
+        let (tx, rx) = mpsc::channel(4);
+        let (broken_tx, broken_rx) = oneshot::channel::<Status>();
+        tokio::spawn(async move {
+            loop {
+                match from_client.message().await {
+                    Ok(Some(chunk)) => {
+                        if tx.send(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = broken_tx.send(status);
+                        return;
+                    }
+                }
+            }
+        });
+        tokio::select! {
+            result = agent.write_file(ReceiverStream::new(rx)) => result,
+            Ok(status) = broken_rx => Err(Status::cancelled(format!("upload interrupted: {}", status.message()))),
+        }
+    }
+
+    type ReadFileStream = FileStream;
+
+    async fn read_file(
+        &self,
+        request: Request<pb::ReadFileRequest>,
+    ) -> Result<Response<FileStream>, Status> {
+        let stream = self
+            .agent()?
+            .read_file(request.into_inner())
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(stream.map(|r| r))))
+    }
+
+    async fn make_dir(
+        &self,
+        request: Request<pb::MakeDirRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.agent()?.make_dir(request.into_inner()).await
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        self.agent()?.list(request.into_inner()).await
+    }
+
+    async fn stat(
+        &self,
+        request: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::FileInfo>, Status> {
+        self.agent()?.stat(request.into_inner()).await
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.agent()?.remove(request.into_inner()).await
+    }
+
+    async fn rename(
+        &self,
+        request: Request<pb::RenameRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.agent()?.rename(request.into_inner()).await
+    }
+
+    async fn terminate(
+        &self,
+        request: Request<TerminateRequest>,
+    ) -> Result<Response<TerminateResponse>, Status> {
+        let grace = match request.into_inner().grace_ms {
+            0 => DEFAULT_GRACE,
+            ms => Duration::from_millis(ms),
+        };
+        let supervisor = self.supervisor.clone();
+        lock(&supervisor.health).state = State::Terminating;
+        tokio::spawn(async move { supervisor.terminate(grace, EndCause::Terminated).await });
+        Ok(Response::new(TerminateResponse {}))
+    }
+}
