@@ -150,7 +150,7 @@ pub async fn attach(
             let out = st.stdout.read(stdout_at, CHUNK);
             let err = st.stderr.read(stderr_at, CHUNK);
             let end = match (&st.exited, &st.error) {
-                (Some(e), _) => Some(Ok(e.clone())),
+                (Some(e), _) => Some(Ok(*e)),
                 (None, Some(msg)) => Some(Err(msg.clone())),
                 (None, None) => None,
             };

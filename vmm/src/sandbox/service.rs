@@ -142,7 +142,7 @@ impl Sandbox for SandboxService {
                     argv: e.argv.clone(),
                     pid: st.pid,
                     running: st.exited.is_none() && st.error.is_none(),
-                    exited: st.exited.clone(),
+                    exited: st.exited,
                     stdout_bytes: st.stdout.end(),
                     stderr_bytes: st.stderr.end(),
                 }
