@@ -2,7 +2,8 @@
 #
 #   make            build the vmm (release)
 #   make kernel     build/vmlinux + build/bzImage (cached in ~/.cache/vmm)
-#   make rootfs     build/rootfs.ext4 (cached)
+#   make agent      the static guest agent
+#   make rootfs     build/rootfs.ext4 with the agent (cached)
 #   make test       lint + unit + integration tests (tiers 0-3; tier 3 skips where
 #                   `vmm doctor` says Linux cannot boot)
 #   make bench      start-up/RSS against QEMU microvm, virtio-blk against pread/pwrite
@@ -10,12 +11,23 @@
 #                   cannot boot (it says which)
 
 CARGO ?= cargo
+# The guest agent: a static binary (glibc, crt-static) that goes into every rootfs.
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT_BIN := $(CURDIR)/target/$(AGENT_TARGET)/release/vmm-agent
+AGENT ?= $(AGENT_BIN)
 # Debian packages the tests and benchmarks use (the image scripts install their own).
 TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs protobuf-compiler
 
 include mk/images.mk
 
-.PHONY: all build deps lint test bench demo clean
+.PHONY: all build deps lint test bench demo clean agent
+
+# The image needs the agent it runs.
+rootfs: agent
+
+agent: deps
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p agent \
+		--bin vmm-agent --target $(AGENT_TARGET)
 
 all: build
 
@@ -41,15 +53,16 @@ lint:
 
 # The integration tests drive the vmm binary of the same profile, so build it first.
 # Tier 3 runs on its own, uncaptured, so its skip reason is always visible.
-test: deps lint rootfs-selftest
+test: deps lint rootfs-selftest agent rootfs
 	$(CARGO) build -p vmm
 	$(CARGO) test --workspace -- --test-threads=2 --skip tier3_
 	$(CARGO) test -p vmm-tests --test linux -- --nocapture tier3_
 
-bench: deps
+bench: deps agent rootfs
 	$(CARGO) build --release -p vmm -p vmm-tests --bins
 	$(CARGO) bench -p devices --bench blk_queue
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/startup_bench
+	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/sandbox_bench
 
 demo: deps
 	$(CARGO) build --release -p vmm -p vmm-tests --bins

@@ -198,6 +198,25 @@ if [[ -n $agent ]]; then
 	install -m 0755 "$agent" "$stage/$sbin/vmm-agent"
 	[[ $EUID -ne 0 ]] || chown 0:0 "$stage/$sbin/vmm-agent"
 	log "installed $agent as /sbin/vmm-agent"
+	# For `init = "system"`: the image's own init (systemd) boots and starts the agent.
+	if [[ -d $stage/etc/systemd/system ]]; then
+		put etc/systemd/system/vmm-agent.service <<'UNIT'
+[Unit]
+Description=vmm sandbox agent
+DefaultDependencies=no
+After=local-fs.target
+
+[Service]
+ExecStart=/sbin/vmm-agent --no-init
+Restart=always
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+		mkdir -p "$stage/etc/systemd/system/multi-user.target.wants"
+		ln -sf ../vmm-agent.service "$stage/etc/systemd/system/multi-user.target.wants/vmm-agent.service"
+		log "enabled vmm-agent.service for images booted with their own init"
+	fi
 fi
 
 # --- mkfs ---

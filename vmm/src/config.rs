@@ -37,7 +37,53 @@ pub struct FileConfig {
     pub append: Option<String>,
     #[serde(default)]
     pub drives: Vec<DriveSpec>,
+    /// "agent" (the guest agent is PID 1) or "system" (the image's init runs it).
+    pub init: Option<InitMode>,
+    pub api: Option<ApiSection>,
+    pub vsock: Option<VsockSection>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum InitMode {
+    /// The guest agent is PID 1 (`init=/sbin/vmm-agent`).
+    #[default]
+    Agent,
+    /// The image's own init (e.g. systemd) boots and starts the agent as a service.
+    System,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    pub socket: Option<PathBuf>,
+    pub lifetime_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockSection {
+    pub uds_path: Option<PathBuf>,
+    pub guest_cid: Option<u64>,
+}
+
+/// The virtio-vsock device: guest CID and the host Unix socket of the hybrid convention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockSpec {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+/// The sandbox API served by this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiSpec {
+    pub socket: PathBuf,
+    pub lifetime: Option<std::time::Duration>,
+    pub ready_fd: Option<i32>,
+}
+
+/// First CID a guest may have (0-2 are reserved: hypervisor, loopback, host).
+pub const MIN_GUEST_CID: u64 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +105,11 @@ pub struct Overrides {
     pub append: Option<String>,
     /// `--drive` values, appended after the file's drives.
     pub drives: Vec<DriveSpec>,
+    pub init: Option<InitMode>,
+    pub api_socket: Option<PathBuf>,
+    pub vsock_uds: Option<PathBuf>,
+    pub lifetime_secs: Option<u64>,
+    pub ready_fd: Option<i32>,
 }
 
 /// A validated configuration: every file exists and every size is possible.
@@ -72,6 +123,9 @@ pub struct VmConfig {
     /// The root disk (when given) first, then the other drives in order.
     pub drives: Vec<BlockConfig>,
     pub has_root: bool,
+    pub vsock: Option<VsockSpec>,
+    pub api: Option<ApiSpec>,
+    pub init: InitMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +153,14 @@ pub enum ConfigError {
     DriveId { path: PathBuf, id: String },
     #[error("--drive {0:?}: expected PATH[,ro][,id=NAME]")]
     DriveFlag(String),
+    #[error("{what} {path}: the directory {dir} does not exist")]
+    SocketDir {
+        what: &'static str,
+        path: PathBuf,
+        dir: PathBuf,
+    },
+    #[error("vsock guest_cid = {0}: must be at least {MIN_GUEST_CID}")]
+    GuestCid(u64),
     #[error("{0} drives given, at most {MAX_VIRTIO_DEVICES} fit")]
     TooManyDrives(usize),
     #[error("append: the kernel command line would be {len} bytes, more than {max}")]
@@ -129,6 +191,13 @@ impl FileConfig {
         }
         for d in &mut self.drives {
             d.path = base.join(&d.path);
+        }
+        let sockets = [
+            self.api.as_mut().and_then(|a| a.socket.as_mut()),
+            self.vsock.as_mut().and_then(|v| v.uds_path.as_mut()),
+        ];
+        for p in sockets.into_iter().flatten() {
+            *p = base.join(&*p);
         }
     }
 }
@@ -221,7 +290,49 @@ impl VmConfig {
                 id,
             });
         }
-        if drives.len() > MAX_VIRTIO_DEVICES {
+        let api_socket = flags
+            .api_socket
+            .or(file.api.as_ref().and_then(|a| a.socket.clone()));
+        let api = match api_socket {
+            Some(socket) => {
+                check_socket_dir("api socket", &socket)?;
+                let lifetime = flags
+                    .lifetime_secs
+                    .or(file.api.as_ref().and_then(|a| a.lifetime_secs))
+                    .map(std::time::Duration::from_secs);
+                Some(ApiSpec {
+                    socket,
+                    lifetime,
+                    ready_fd: flags.ready_fd,
+                })
+            }
+            None => None,
+        };
+        let vsock_section = file.vsock.unwrap_or_default();
+        let uds = flags.vsock_uds.or(vsock_section.uds_path).or_else(|| {
+            // The API needs the agent, which is reached over vsock.
+            api.as_ref().map(|a| {
+                let mut p = a.socket.clone().into_os_string();
+                p.push(".vsock");
+                PathBuf::from(p)
+            })
+        });
+        let vsock = match uds {
+            Some(uds_path) => {
+                check_socket_dir("vsock socket", &uds_path)?;
+                let guest_cid = vsock_section.guest_cid.unwrap_or(MIN_GUEST_CID);
+                if guest_cid < MIN_GUEST_CID || guest_cid > u64::from(u32::MAX) {
+                    return Err(ConfigError::GuestCid(guest_cid));
+                }
+                Some(VsockSpec {
+                    guest_cid,
+                    uds_path,
+                })
+            }
+            None => None,
+        };
+        let devices = drives.len() + usize::from(vsock.is_some());
+        if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDrives(drives.len()));
         }
         let config = Self {
@@ -232,6 +343,9 @@ impl VmConfig {
             append,
             drives,
             has_root,
+            vsock,
+            api,
+            init: flags.init.or(file.init).unwrap_or_default(),
         };
         let len = config.kernel_cmdline().len();
         if len >= CMDLINE_MAX_SIZE {
@@ -250,9 +364,12 @@ impl VmConfig {
         if self.has_root {
             parts.push("root=/dev/vda rw".to_string());
         }
-        for i in 0..self.drives.len() {
+        for i in 0..self.virtio_device_count() {
             let (addr, irq) = virtio_slot(i);
             parts.push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
+        }
+        if self.api.is_some() && self.init == InitMode::Agent {
+            parts.push(format!("init={AGENT_PATH}"));
         }
         if !self.append.is_empty() {
             parts.push(self.append.clone());
@@ -260,8 +377,32 @@ impl VmConfig {
         parts.join(" ")
     }
 
+    /// Drives first, then the vsock device.
+    pub fn virtio_device_count(&self) -> usize {
+        self.drives.len() + usize::from(self.vsock.is_some())
+    }
+
     pub fn memory_bytes(&self) -> u64 {
         self.memory_mib << 20
+    }
+}
+
+/// Where rootfs-builder installs the guest agent.
+pub const AGENT_PATH: &str = "/sbin/vmm-agent";
+
+fn check_socket_dir(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(ConfigError::SocketDir {
+            what,
+            path: path.to_path_buf(),
+            dir,
+        })
     }
 }
 
@@ -503,6 +644,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("append"), "{e}");
+    }
+
+    #[test]
+    fn an_api_socket_brings_vsock_and_the_agent_as_init() {
+        let f = Fixture::new();
+        let file = f
+            .file("kernel = \"vmlinux\"\n[api]\nsocket = \"api.sock\"\nlifetime_secs = 60\n")
+            .unwrap();
+        let c = VmConfig::build(file, Overrides::default()).unwrap();
+        let api = c.api.clone().unwrap();
+        assert_eq!(api.socket, f.path("api.sock"));
+        assert_eq!(api.lifetime, Some(std::time::Duration::from_secs(60)));
+        let vsock = c.vsock.clone().unwrap();
+        assert_eq!((vsock.guest_cid, vsock.uds_path), (3, f.path("api.sock.vsock")));
+        let cmdline = c.kernel_cmdline();
+        assert!(cmdline.ends_with("virtio_mmio.device=4K@0xd0000000:5 init=/sbin/vmm-agent"), "{cmdline}");
+        let flags = Overrides { init: Some(InitMode::System), ..flags_with_kernel(&f) };
+        let file = f.file("[api]\nsocket = \"api.sock\"\n").unwrap();
+        assert!(!VmConfig::build(file, flags).unwrap().kernel_cmdline().contains("init="));
+    }
+
+    #[test]
+    fn sockets_need_an_existing_directory_and_cids_are_checked() {
+        let f = Fixture::new();
+        let flags = Overrides {
+            api_socket: Some(f.path("nope/api.sock")),
+            ..flags_with_kernel(&f)
+        };
+        let e = VmConfig::build(FileConfig::default(), flags).unwrap_err().to_string();
+        assert!(e.contains("api socket") && e.contains("does not exist"), "{e}");
+        let file = f.file("kernel = \"vmlinux\"\n[vsock]\nuds_path = \"v.sock\"\nguest_cid = 2\n").unwrap();
+        let e = VmConfig::build(file, Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("guest_cid = 2"), "{e}");
     }
 
     #[test]

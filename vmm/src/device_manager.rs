@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use devices::bus::{Bus, BusError};
 use devices::legacy::{Serial, I8042};
 use devices::virtio::block::{Block, BlockConfig, BlockError};
+use devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE};
 use devices::EventFdTrigger;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
@@ -17,7 +18,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout::{COM1_IRQ, COM1_PORT, I8042_PORT};
-use crate::config::virtio_slot;
+use crate::config::{virtio_slot, VsockSpec};
 use crate::console::{ConsoleInput, ConsoleOutput, ConsoleWatcher};
 use crate::exit::ExitReason;
 
@@ -44,6 +45,8 @@ pub enum DeviceError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("cannot create the event manager: {0:?}")]
     EventManager(event_manager::Error),
 }
@@ -53,6 +56,8 @@ pub struct Devices {
     pub mmio: Bus,
     pub event_manager: EventManager<Subscriber>,
     pub blocks: Vec<Arc<Mutex<Block>>>,
+    /// Kept so the device (and its host socket) lives as long as the VM.
+    pub vsock: Option<Arc<Mutex<Vsock>>>,
 }
 
 /// Turns the i8042's reset line into an exit reason.
@@ -87,6 +92,7 @@ impl Devices {
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         drives: &[BlockConfig],
+        vsock: Option<&VsockSpec>,
         exit: Sender<ExitReason>,
         watcher: Arc<ConsoleWatcher>,
     ) -> Result<Self, DeviceError> {
@@ -95,12 +101,21 @@ impl Devices {
             mmio: Bus::new(),
             event_manager: EventManager::new().map_err(DeviceError::EventManager)?,
             blocks: Vec::new(),
+            vsock: None,
         };
         devices.add_legacy(vm, exit, watcher)?;
         for (index, drive) in drives.iter().enumerate() {
             let block = Arc::new(Mutex::new(Block::new(drive)?));
             devices.add_virtio(vm, mem, index, block.clone())?;
             devices.blocks.push(block);
+        }
+        if let Some(spec) = vsock {
+            let device = Arc::new(Mutex::new(Vsock::new(&VsockConfig {
+                guest_cid: spec.guest_cid,
+                uds_path: spec.uds_path.clone(),
+            })?));
+            devices.add_virtio(vm, mem, drives.len(), device.clone())?;
+            devices.vsock = Some(device);
         }
         Ok(devices)
     }

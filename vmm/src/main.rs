@@ -134,7 +134,8 @@ fn parse_env(value: &str) -> Result<(String, String), String> {
 #[derive(Args)]
 struct RunArgs {
     /// TOML config file; flags override its values. Keys: kernel, initrd, rootfs, cpus,
-    /// memory_mib, append, [[drives]] (path, read_only, id).
+    /// memory_mib, append, init, [[drives]] (path, read_only, id), [api] (socket,
+    /// lifetime_secs), [vsock] (uds_path, guest_cid).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
@@ -158,6 +159,24 @@ struct RunArgs {
     /// Extra kernel command-line arguments, appended after the VMM's own.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     append: Option<String>,
+    /// Serve the sandbox API on this Unix socket (mode 0600) and run the guest agent
+    /// (adds a vsock device; the agent is init unless --init system).
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// Host Unix socket of the virtio-vsock device (hybrid vsock: `CONNECT <port>`);
+    /// default with --api-sock: `<api-sock>.vsock`.
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// How the agent starts: `agent` (it is PID 1) or `system` (the image's init, e.g.
+    /// systemd, starts it as a service).
+    #[arg(long, value_enum)]
+    init: Option<vmm::config::InitMode>,
+    /// End the sandbox after this many seconds (exit status 3).
+    #[arg(long, value_name = "SECS")]
+    lifetime: Option<u64>,
+    /// Write the readiness JSON line to this file descriptor instead of stdout.
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<i32>,
 }
 
 fn parse_drive(value: &str) -> Result<DriveSpec, String> {
@@ -177,6 +196,11 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         memory_mib: args.memory_mib,
         append: args.append,
         drives: args.drives,
+        init: args.init,
+        api_socket: args.api_sock,
+        vsock_uds: args.vsock_uds,
+        lifetime_secs: args.lifetime,
+        ready_fd: args.ready_fd,
     };
     let config = VmConfig::build(file, overrides)?;
     let reason = vmm::vm::run(&config)?;

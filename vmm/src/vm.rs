@@ -35,6 +35,8 @@ pub enum VmError {
     Regs(#[from] regs::RegsError),
     #[error("cannot install the vCPU kick signal handler: {0}")]
     KickHandler(vmm_sys_util::errno::Error),
+    #[error(transparent)]
+    Supervisor(#[from] crate::sandbox::ServeError),
     #[error("cannot start the {0} thread")]
     Thread(&'static str, #[source] std::io::Error),
 }
@@ -66,6 +68,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         &machine.vm,
         &machine.mem,
         &config.drives,
+        config.vsock.as_ref(),
         exit_tx.clone(),
         watcher.clone(),
     )?;
@@ -82,6 +85,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         mmio,
         mut event_manager,
         blocks,
+        vsock: _vsock,
     } = devices;
     std::thread::Builder::new()
         .name("devices".into())
@@ -92,6 +96,10 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         })
         .map_err(|e| VmError::Thread("device", e))?;
 
+    let supervisor = match &config.api {
+        Some(api) => Some(start_supervisor(config, api, &exit_tx, setup_started)?),
+        None => None,
+    };
     let mut terminal = RawTerminal::enter();
     let stop = Arc::new(AtomicBool::new(false));
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
@@ -109,7 +117,13 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     }
 
     log::debug!("VM set up in {:?}; vCPUs running", setup_started.elapsed());
-    let reason = wait_for_exit(&exit_rx, &watcher);
+    let mut reason = wait_for_exit(&exit_rx, &watcher);
+    if let (ExitReason::Reset | ExitReason::PowerOff, Some(cause)) =
+        (&reason, supervisor.as_ref().and_then(|s| s.end_cause()))
+    {
+        // The guest powered off because the supervisor asked it to.
+        reason = cause.exit_reason();
+    }
     stop_vcpus(&stop, &handles);
     for block in &blocks {
         if let Err(e) = lock(block).flush() {
@@ -120,6 +134,35 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     // Keep guest memory mapped until the vCPUs are gone (or abandoned at exit).
     drop(machine);
     Ok(reason)
+}
+
+fn start_supervisor(
+    config: &VmConfig,
+    api: &crate::config::ApiSpec,
+    exit_tx: &std::sync::mpsc::Sender<ExitReason>,
+    started: Instant,
+) -> Result<crate::sandbox::Handle, VmError> {
+    let vsock = config
+        .vsock
+        .as_ref()
+        .expect("config validation adds a vsock device whenever the API is served");
+    let options = crate::sandbox::Options {
+        api_socket: api.socket.clone(),
+        agent: agent::connect::Address::HybridVsock {
+            uds: vsock.uds_path.clone(),
+            port: agent::AGENT_VSOCK_PORT,
+        },
+        lifetime: api.lifetime,
+        ready_fd: api.ready_fd,
+        started,
+    };
+    let exit = std::sync::Mutex::new(exit_tx.clone());
+    Ok(crate::sandbox::spawn(
+        options,
+        Box::new(move |cause| {
+            let _ = lock(&exit).send(cause.exit_reason());
+        }),
+    )?)
 }
 
 fn wait_for_exit(rx: &Receiver<ExitReason>, watcher: &ConsoleWatcher) -> ExitReason {

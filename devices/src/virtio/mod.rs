@@ -2,6 +2,7 @@
 
 pub mod block;
 mod mmio;
+pub mod vsock;
 
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
 

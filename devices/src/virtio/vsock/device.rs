@@ -1,0 +1,280 @@
+//! The virtio-vsock device: configuration, activation, and the event-manager glue that runs
+//! its queues and its Unix-socket backend on the device thread.
+
+use std::path::PathBuf;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::handler::{VsockHandler, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
+use super::muxer::{Muxer, MuxerError};
+use crate::virtio::{
+    ActivateError, Activation, Interrupt, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1,
+};
+
+const VIRTIO_ID_VSOCK: u32 = 19;
+const QUEUE_SIZE: u16 = 256;
+const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
+
+/// Event-manager data tags.
+const ACTIVATE_EVENT: u32 = 0;
+const RX_EVENT: u32 = 1;
+const TX_EVENT: u32 = 2;
+const EVENT_QUEUE_EVENT: u32 = 3;
+const BACKEND_EVENT: u32 = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more; 0-2 are reserved, u32::MAX means "any").
+    pub guest_cid: u64,
+    /// Host clients connect here; guest connections to port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error("guest CID {0} is reserved or out of range (3..=4294967294)")]
+    InvalidCid(u64),
+    #[error(transparent)]
+    Backend(#[from] MuxerError),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+pub struct Vsock {
+    config_space: [u8; 8],
+    queue_events: [EventFd; 3],
+    interrupt: Interrupt,
+    activate_event: EventFd,
+    pending: Option<Activation>,
+    handler: Option<VsockHandler>,
+    muxer: Muxer,
+    queue_events_registered: bool,
+}
+
+impl Vsock {
+    /// Validates the configuration and starts listening on `uds_path` (host clients can
+    /// connect before the guest driver is up; their REQUESTs wait for it).
+    pub fn new(config: &VsockConfig) -> Result<Self, VsockError> {
+        if !(3..=u64::from(u32::MAX - 1)).contains(&config.guest_cid) {
+            return Err(VsockError::InvalidCid(config.guest_cid));
+        }
+        let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
+        Ok(Self {
+            config_space: config.guest_cid.to_le_bytes(),
+            queue_events: [new_evt()?, new_evt()?, new_evt()?],
+            interrupt: Interrupt::new(new_evt()?),
+            activate_event: new_evt()?,
+            pending: None,
+            handler: None,
+            muxer: Muxer::new(config.guest_cid, config.uds_path.clone())?,
+            queue_events_registered: false,
+        })
+    }
+
+    /// Live connections (for diagnostics and tests).
+    pub fn connection_count(&self) -> usize {
+        self.muxer.connection_count()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn muxer_mut(&mut self) -> &mut Muxer {
+        &mut self.muxer
+    }
+
+    fn process_tx(&mut self) {
+        let Some(handler) = self.handler.as_mut() else {
+            return;
+        };
+        // Answers to what the guest sent (RESPONSE, RST, credit) go out right away.
+        let tx = handler.process_tx(&mut self.muxer);
+        let rx = handler.process_rx(&mut self.muxer);
+        if tx || rx {
+            self.interrupt.signal(INTERRUPT_USED_RING);
+        }
+    }
+
+    fn process_rx(&mut self) {
+        let Some(handler) = self.handler.as_mut() else {
+            return;
+        };
+        if handler.process_rx(&mut self.muxer) {
+            self.interrupt.signal(INTERRUPT_USED_RING);
+        }
+    }
+
+    fn start_handler(&mut self, ops: &mut EventOps) {
+        let Some(Activation { mem, queues, .. }) = self.pending.take() else {
+            return;
+        };
+        let mut queues = queues.into_iter();
+        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
+            return;
+        };
+        self.handler = Some(VsockHandler::new(mem, rx, tx));
+        if !self.queue_events_registered {
+            for (i, tag) in [
+                (RX_QUEUE, RX_EVENT),
+                (TX_QUEUE, TX_EVENT),
+                (EVENT_QUEUE, EVENT_QUEUE_EVENT),
+            ] {
+                let evt = Events::with_data(&self.queue_events[i], tag, EventSet::IN);
+                if let Err(e) = ops.add(evt) {
+                    log::error!("virtio-vsock: cannot watch queue {i}: {e:?}");
+                }
+            }
+            self.queue_events_registered = true;
+        }
+        // The driver may have queued packets, and host clients may be waiting.
+        self.process_tx();
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    fn interrupt(&self) -> &Interrupt {
+        &self.interrupt
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        crate::virtio::read_config_bytes(&self.config_space, offset, data);
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        if activation.queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::QueueNotReady(activation.queues.len()));
+        }
+        self.pending = Some(activation);
+        self.activate_event.write(1).map_err(ActivateError::Signal)
+    }
+
+    fn reset(&mut self) {
+        self.pending = None;
+        self.handler = None;
+        // The driver forgot every stream; close their host sides.
+        self.muxer.reset();
+    }
+}
+
+impl MutEventSubscriber for Vsock {
+    fn init(&mut self, ops: &mut EventOps) {
+        let evt = Events::with_data(&self.activate_event, ACTIVATE_EVENT, EventSet::IN);
+        if let Err(e) = ops.add(evt) {
+            log::error!("virtio-vsock: cannot watch for activation: {e:?}");
+        }
+        // The listener, the host sockets and the handshake timer, behind one fd.
+        let backend = Events::with_data_raw(self.muxer.epoll_fd(), BACKEND_EVENT, EventSet::IN);
+        if let Err(e) = ops.add(backend) {
+            log::error!("virtio-vsock: cannot watch the Unix sockets: {e:?}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        // A failed eventfd read only means the counter was already drained.
+        match events.data() {
+            ACTIVATE_EVENT => {
+                let _ = self.activate_event.read();
+                self.start_handler(ops);
+            }
+            RX_EVENT => {
+                let _ = self.queue_events[RX_QUEUE].read();
+                self.process_rx();
+            }
+            TX_EVENT => {
+                let _ = self.queue_events[TX_QUEUE].read();
+                self.process_tx();
+            }
+            EVENT_QUEUE_EVENT => {
+                let _ = self.queue_events[EVENT_QUEUE].read();
+            }
+            BACKEND_EVENT => {
+                self.muxer.process_events();
+                self.process_rx();
+            }
+            other => log::warn!("virtio-vsock: unexpected event tag {other}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &tempfile::TempDir, cid: u64) -> VsockConfig {
+        VsockConfig {
+            guest_cid: cid,
+            uds_path: dir.path().join("v.sock"),
+        }
+    }
+
+    #[test]
+    fn config_space_features_and_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = Vsock::new(&config(&dir, 0x1_0000_0003 & 0xffff_ffff)).unwrap();
+        assert_eq!(dev.device_type(), 19);
+        assert_eq!(dev.features(), VIRTIO_F_VERSION_1);
+        assert_eq!(dev.queue_max_sizes(), &[256, 256, 256]);
+        assert_eq!(dev.queue_events().len(), 3);
+        let mut cid = [0u8; 8];
+        dev.read_config(0, &mut cid);
+        assert_eq!(u64::from_le_bytes(cid), 3);
+        let mut high = [0xffu8; 4];
+        dev.read_config(4, &mut high);
+        assert_eq!(high, [0; 4]);
+        assert!(dir.path().join("v.sock").exists());
+        drop(dev);
+        assert!(
+            !dir.path().join("v.sock").exists(),
+            "socket removed on drop"
+        );
+    }
+
+    #[test]
+    fn bad_configurations_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for cid in [0, 1, 2, u64::from(u32::MAX), 1 << 40] {
+            assert!(matches!(
+                Vsock::new(&config(&dir, cid)),
+                Err(VsockError::InvalidCid(c)) if c == cid
+            ));
+        }
+        let missing = VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.path().join("nope/v.sock"),
+        };
+        let err = Vsock::new(&missing).err().unwrap();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+
+    #[test]
+    fn activation_needs_three_queues() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dev = Vsock::new(&config(&dir, 3)).unwrap();
+        let mem = crate::virtio::vsock::test_utils::guest_memory();
+        let act = Activation {
+            mem,
+            queues: vec![<virtio_queue::Queue as virtio_queue::QueueT>::new(256).unwrap()],
+            acked_features: VIRTIO_F_VERSION_1,
+        };
+        assert!(matches!(
+            dev.activate(act),
+            Err(ActivateError::QueueNotReady(1))
+        ));
+    }
+}
