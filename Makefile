@@ -56,7 +56,7 @@ lint:
 test: deps lint rootfs-selftest agent rootfs
 	$(CARGO) build -p vmm
 	$(CARGO) test --workspace -- --test-threads=2 --skip tier3_
-	$(CARGO) test -p vmm-tests --test linux -- --nocapture tier3_
+	$(CARGO) test -p vmm-tests --tests -- --nocapture tier3_
 
 bench: deps agent rootfs
 	$(CARGO) build --release -p vmm -p vmm-tests --bins
@@ -64,10 +64,10 @@ bench: deps agent rootfs
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/startup_bench
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/sandbox_bench
 
-demo: deps
+demo: deps agent rootfs
 	$(CARGO) build --release -p vmm -p vmm-tests --bins
 	@if target/release/vmm doctor --json | grep -q '"linux_guests_boot":true'; then \
-		$(MAKE) --no-print-directory kernel rootfs; fi
+		$(MAKE) --no-print-directory kernel; fi
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/demo
 
 clean:

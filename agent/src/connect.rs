@@ -36,7 +36,10 @@ pub enum ConnectError {
 pub enum Address {
     Unix(PathBuf),
     /// Through the vsock device's Unix socket to a guest port.
-    HybridVsock { uds: PathBuf, port: u32 },
+    HybridVsock {
+        uds: PathBuf,
+        port: u32,
+    },
 }
 
 impl std::fmt::Display for Address {
@@ -82,7 +85,9 @@ async fn handshake(stream: &mut UnixStream, uds: &Path, port: u32) -> Result<(),
     let mut line = Vec::new();
     loop {
         let b = stream.read_u8().await.map_err(|e| {
-            fail(format!("no answer to CONNECT {port} ({e}); is the guest listening?"))
+            fail(format!(
+                "no answer to CONNECT {port} ({e}); is the guest listening?"
+            ))
         })?;
         if b == b'\n' {
             break;

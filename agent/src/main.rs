@@ -1,1 +1,64 @@
-fn main() {}
+//! `vmm-agent`: the guest agent. PID 1 of a sandbox VM (or of the test jail), or a
+//! service under the image's own init; serves the `Agent` gRPC API to the supervisor.
+
+mod server;
+
+use std::process::ExitCode;
+
+use server::args::{Args, ArgsError, USAGE};
+use server::{init, logger, Exit};
+
+fn main() -> ExitCode {
+    let args = match Args::parse(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(ArgsError::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("vmm-agent: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    logger::init();
+    let is_init = args.is_init(std::process::id());
+    log::info!(
+        "vmm-agent {} starting (pid {}, {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        if is_init { "init" } else { "no init" }
+    );
+    if is_init {
+        // Before any thread exists: mounts, lo, hostname.
+        init::setup(args.hostname.as_deref());
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fatal(is_init, &args, &format!("cannot start the runtime: {e}")),
+    };
+    let result = runtime.block_on(server::serve(&args, is_init));
+    match result {
+        Ok(exit) => {
+            init::sync();
+            log::info!("shutting down");
+            if exit == Exit::PowerOff {
+                init::power_off();
+            }
+            // Exiting also ends the jail: PID 1 of a PID namespace takes everyone along.
+            std::process::exit(0)
+        }
+        Err(e) => fatal(is_init, &args, &e.to_string()),
+    }
+}
+
+/// Logs a fatal error and ends; as init in a VM, the VM ends instead of hanging.
+fn fatal(is_init: bool, args: &Args, message: &str) -> ExitCode {
+    log::error!("{message}");
+    if is_init && matches!(args.listen, server::args::Listen::Vsock(_)) {
+        init::power_off();
+    }
+    ExitCode::FAILURE
+}

@@ -71,5 +71,6 @@ u64 parse_num(const char **p);
 /* Modes. */
 void test_boot(const u8 *zp);
 void test_blk(void);
+void test_vsock(void);
 
 #endif

@@ -53,6 +53,8 @@ void guest_main(const u8 *zp)
 		test_echo();
 	} else if (token_is(t, "blk")) {
 		test_blk();
+	} else if (token_is(t, "vsock")) {
+		test_vsock();
 	} else if (token_is(t, "triplefault")) {
 		test_triplefault();
 	} else if (token_is(t, "panic")) {

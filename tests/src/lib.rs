@@ -4,7 +4,9 @@
 pub mod abi;
 pub mod bzimage;
 pub mod disk;
+pub mod jail;
 pub mod output;
+pub mod sandbox;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};

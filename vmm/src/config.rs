@@ -657,12 +657,24 @@ mod tests {
         assert_eq!(api.socket, f.path("api.sock"));
         assert_eq!(api.lifetime, Some(std::time::Duration::from_secs(60)));
         let vsock = c.vsock.clone().unwrap();
-        assert_eq!((vsock.guest_cid, vsock.uds_path), (3, f.path("api.sock.vsock")));
+        assert_eq!(
+            (vsock.guest_cid, vsock.uds_path),
+            (3, f.path("api.sock.vsock"))
+        );
         let cmdline = c.kernel_cmdline();
-        assert!(cmdline.ends_with("virtio_mmio.device=4K@0xd0000000:5 init=/sbin/vmm-agent"), "{cmdline}");
-        let flags = Overrides { init: Some(InitMode::System), ..flags_with_kernel(&f) };
+        assert!(
+            cmdline.ends_with("virtio_mmio.device=4K@0xd0000000:5 init=/sbin/vmm-agent"),
+            "{cmdline}"
+        );
+        let flags = Overrides {
+            init: Some(InitMode::System),
+            ..flags_with_kernel(&f)
+        };
         let file = f.file("[api]\nsocket = \"api.sock\"\n").unwrap();
-        assert!(!VmConfig::build(file, flags).unwrap().kernel_cmdline().contains("init="));
+        assert!(!VmConfig::build(file, flags)
+            .unwrap()
+            .kernel_cmdline()
+            .contains("init="));
     }
 
     #[test]
@@ -672,10 +684,19 @@ mod tests {
             api_socket: Some(f.path("nope/api.sock")),
             ..flags_with_kernel(&f)
         };
-        let e = VmConfig::build(FileConfig::default(), flags).unwrap_err().to_string();
-        assert!(e.contains("api socket") && e.contains("does not exist"), "{e}");
-        let file = f.file("kernel = \"vmlinux\"\n[vsock]\nuds_path = \"v.sock\"\nguest_cid = 2\n").unwrap();
-        let e = VmConfig::build(file, Overrides::default()).unwrap_err().to_string();
+        let e = VmConfig::build(FileConfig::default(), flags)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("api socket") && e.contains("does not exist"),
+            "{e}"
+        );
+        let file = f
+            .file("kernel = \"vmlinux\"\n[vsock]\nuds_path = \"v.sock\"\nguest_cid = 2\n")
+            .unwrap();
+        let e = VmConfig::build(file, Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("guest_cid = 2"), "{e}");
     }
 

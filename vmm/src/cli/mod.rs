@@ -26,7 +26,14 @@ pub async fn connect(api_socket: &Path) -> Result<Client, ClientError> {
 
 /// Prints a client error and returns the exit status it maps to.
 pub fn report(e: &ClientError) -> i32 {
-    eprintln!("vmm: {e}");
+    let mut line = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        line.push_str(": ");
+        line.push_str(&s.to_string());
+        source = s.source();
+    }
+    eprintln!("vmm: {line}");
     match e {
         ClientError::Status(s) if s.code() == tonic::Code::NotFound => EXIT_NOT_FOUND,
         _ => EXIT_CLIENT_ERROR,

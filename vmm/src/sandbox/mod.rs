@@ -127,7 +127,11 @@ pub fn spawn(
         .build()
         .map_err(ServeError::Runtime)?;
     let listener = runtime.block_on(server::bind(&options.api_socket))?;
-    let agent = agent_link::client(options.agent.clone());
+    // The lazy channel spawns its connection task on the runtime it is created in.
+    let agent = {
+        let _runtime = runtime.enter();
+        agent_link::client(options.agent.clone())
+    };
     let supervisor = Arc::new(Supervisor {
         options,
         agent,

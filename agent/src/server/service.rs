@@ -1,0 +1,217 @@
+//! The `Agent` gRPC service: thin glue from requests to exec sessions and file ops.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Instant;
+
+use agent::pb::agent_server::Agent;
+use agent::pb::exec_input::Input;
+use agent::pb::read_file_response::Part as ReadPart;
+use agent::pb::write_file_request::Part as WritePart;
+use agent::pb::{
+    Empty, ExecInput, ExecOutput, FileInfo, ListRequest, ListResponse, MakeDirRequest, PingRequest,
+    PingResponse, ReadFileRequest, ReadFileResponse, RemoveRequest, RenameRequest, ShutdownRequest,
+    StatRequest, WriteFileRequest, WriteFileResponse,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::errors::path_status;
+use super::reaper::Reaper;
+use super::{exec, files, init, session};
+
+/// Chunk size for ReadFile.
+const READ_CHUNK: usize = 64 * 1024;
+
+pub struct AgentService {
+    started: Instant,
+    reaper: Reaper,
+    /// Where user lookups read passwd and group.
+    etc: PathBuf,
+    /// Tells `main` to shut down (after this RPC's reply has gone out).
+    shutdown: mpsc::Sender<()>,
+}
+
+impl AgentService {
+    pub fn new(reaper: Reaper, shutdown: mpsc::Sender<()>) -> AgentService {
+        AgentService {
+            started: Instant::now(),
+            reaper,
+            etc: PathBuf::from("/etc"),
+            shutdown,
+        }
+    }
+}
+
+/// Runs blocking file-system work off the reactor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("file operation failed: {e}")))?
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn ping(&self, _: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        Ok(Response::new(PingResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            hostname: init::hostname(),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
+
+    type ExecStream = BoxStream<ExecOutput>;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let mut input = request.into_inner();
+        let start = match input.message().await? {
+            Some(ExecInput {
+                input: Some(Input::Start(start)),
+            }) => start,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "the first Exec input must be `start`",
+                ))
+            }
+            None => return Err(Status::invalid_argument("Exec input ended before `start`")),
+        };
+        let (etc, reaper) = (self.etc.clone(), self.reaper.clone());
+        // Lookups and fork/exec block: keep them off the reactor threads.
+        let (plan, child) = blocking(move || {
+            let plan = exec::plan(start, &etc)?;
+            let child = exec::spawn(&plan, &reaper)?;
+            Ok((plan, child))
+        })
+        .await?;
+        let label = exec::describe(&plan.argv);
+        log::debug!("exec {} started: {label}", child.pid);
+        let (tx, rx) = mpsc::channel(session::OUTPUT_QUEUE);
+        tokio::spawn(session::run(child, input, tx, plan.timeout, label));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn write_file(
+        &self,
+        request: Request<Streaming<WriteFileRequest>>,
+    ) -> Result<Response<WriteFileResponse>, Status> {
+        let mut input = request.into_inner();
+        let header = match input.message().await? {
+            Some(WriteFileRequest {
+                part: Some(WritePart::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first WriteFile part must be `header`",
+                ))
+            }
+        };
+        let (path, mode, parents) = (header.path, header.mode, header.make_parents);
+        let (temp, file) = blocking(move || files::TempFile::create(&path, mode, parents)).await?;
+        let mut file = tokio::fs::File::from_std(file);
+        let werr = |e: std::io::Error| path_status("write", temp.display(), &e);
+        let mut size = 0u64;
+        // Dropping `temp` on any early return (an error, or the client going away and
+        // this future being dropped) removes the partial file.
+        while let Some(part) = input.message().await? {
+            match part.part {
+                Some(WritePart::Data(data)) => {
+                    file.write_all(&data).await.map_err(werr)?;
+                    size += data.len() as u64;
+                }
+                Some(WritePart::Header(_)) => {
+                    return Err(Status::invalid_argument("WriteFile got a second header"))
+                }
+                None => {}
+            }
+        }
+        file.flush().await.map_err(werr)?;
+        drop(file.into_std().await);
+        blocking(move || temp.commit()).await?;
+        Ok(Response::new(WriteFileResponse { size }))
+    }
+
+    type ReadFileStream = BoxStream<ReadFileResponse>;
+
+    async fn read_file(
+        &self,
+        request: Request<ReadFileRequest>,
+    ) -> Result<Response<Self::ReadFileStream>, Status> {
+        let path = request.into_inner().path;
+        let p = path.clone();
+        let (file, info) = blocking(move || files::open_for_read(&p)).await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let first = ReadFileResponse {
+                part: Some(ReadPart::Info(info)),
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let mut file = tokio::fs::File::from_std(file);
+            loop {
+                let mut buf = vec![0u8; READ_CHUNK];
+                let msg = match file.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Ok(ReadFileResponse {
+                            part: Some(ReadPart::Data(buf)),
+                        })
+                    }
+                    Err(e) => Err(path_status("read", &path, &e)),
+                };
+                let failed = msg.is_err();
+                if tx.send(msg).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn make_dir(&self, request: Request<MakeDirRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        blocking(move || files::make_dir(&r.path, r.mode, r.parents)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let path = request.into_inner().path;
+        let entries = blocking(move || files::list(&path)).await?;
+        Ok(Response::new(ListResponse { entries }))
+    }
+
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<FileInfo>, Status> {
+        let path = request.into_inner().path;
+        Ok(Response::new(blocking(move || files::stat(&path)).await?))
+    }
+
+    async fn remove(&self, request: Request<RemoveRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        blocking(move || files::remove(&r.path, r.recursive)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn rename(&self, request: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
+        let r = request.into_inner();
+        blocking(move || files::rename(&r.from, &r.to)).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn shutdown(&self, _: Request<ShutdownRequest>) -> Result<Response<Empty>, Status> {
+        log::info!("shutdown requested");
+        let _ = self.shutdown.try_send(());
+        Ok(Response::new(Empty {}))
+    }
+}

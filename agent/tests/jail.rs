@@ -1,0 +1,162 @@
+//! Tier 2 smoke test: the static agent as PID 1 of the test jail (a chroot of
+//! build/rootfs.ext4 in fresh namespaces), driven over its Unix socket.
+//! Needs root, `make rootfs` and `make agent` (the static binary).
+
+mod common;
+#[path = "../../tests/src/jail.rs"]
+mod jail;
+
+use std::time::Duration;
+
+use agent::pb::write_file_request::Part as WritePart;
+use agent::pb::{PingRequest, ShutdownRequest, WriteFileHeader, WriteFileRequest};
+use common::*;
+use jail::Jail;
+
+/// The script from the VM sandbox documentation (reference/vm-sandboxes.txt).
+const LOOP_MOUNT_SCRIPT: &str = "
+  # Format an ext4 filesystem onto a regular file.
+  truncate -s 100M /tmp/disk.img
+  mkfs.ext4 -F /tmp/disk.img
+
+  # Mount it. This works in a VM, but isn't supported in gVisor.
+  mkdir -p /mnt/loop
+  mount -o loop /tmp/disk.img /mnt/loop
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jail_runs_the_agent_as_init_and_loop_mounts() {
+    let mut jail =
+        tokio::task::spawn_blocking(|| Jail::start(&Jail::rootfs_image(), &Jail::agent_bin()))
+            .await
+            .unwrap();
+    let mut c = connect(jail.socket_path()).await;
+
+    let ping = c.ping(PingRequest {}).await.unwrap().into_inner();
+    assert_eq!(ping.pid, 1, "the agent is PID 1 of the jail");
+    assert_eq!(ping.hostname, jail::JAIL_HOSTNAME);
+
+    let out = run_ok(&mut c, "cat /etc/hostname; echo $$; hostname; ls /").await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "vmm-guest", "{out}");
+    let shell_pid: u32 = lines[1].parse().unwrap();
+    assert!(
+        shell_pid > 1 && shell_pid < 1000,
+        "pid {shell_pid} is not from a new PID namespace"
+    );
+    assert_eq!(lines[2], "sandbox");
+    for dir in ["bin", "etc", "proc", "tmp", "usr", "vmm"] {
+        assert!(lines.contains(&dir), "no /{dir} in `ls /`: {out}");
+    }
+    eprintln!("jail: {out}");
+
+    // PID 1 duties happened inside the namespace.
+    let mounts = run_ok(&mut c, "cat /proc/self/mounts").await;
+    for m in [
+        " /proc proc ",
+        " /sys sysfs ",
+        " /dev devtmpfs ",
+        " /dev/pts devpts ",
+        " /dev/shm tmpfs ",
+        " /run tmpfs ",
+        " /sys/fs/cgroup cgroup2 ",
+    ] {
+        assert!(mounts.contains(m), "no `{m}` mount in the jail:\n{mounts}");
+    }
+    assert_eq!(
+        run_ok(&mut c, "readlink /proc/1/exe").await,
+        "/usr/sbin/vmm-agent\n"
+    );
+
+    // The orphans of an exec are reaped by the agent as init.
+    run_ok(&mut c, "for i in 1 2 3 4 5; do (sleep 0.1 &); done").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let states = run_ok(
+        &mut c,
+        "cat /proc/[0-9]*/stat 2>/dev/null | sed 's/.*) //' | cut -c1",
+    )
+    .await;
+    assert!(!states.contains('Z'), "zombies in the jail: {states:?}");
+
+    // A PTY from the jail's own devpts instance.
+    let mut s = start(&["tty"]);
+    s.tty = true;
+    let out = run(&mut c, s).await.unwrap();
+    assert!(
+        out.stdout_text().starts_with("/dev/pts/"),
+        "{:?}",
+        out.stdout_text()
+    );
+
+    // The documented loop-mount script, written through WriteFile and run with bash.
+    let parts = vec![
+        WriteFileRequest {
+            part: Some(WritePart::Header(WriteFileHeader {
+                path: "/tmp/mount_loopback_filesystem.sh".into(),
+                mode: 0o755,
+                make_parents: false,
+            })),
+        },
+        WriteFileRequest {
+            part: Some(WritePart::Data(LOOP_MOUNT_SCRIPT.as_bytes().to_vec())),
+        },
+    ];
+    c.write_file(tokio_stream::iter(parts)).await.unwrap();
+    let out = run(
+        &mut c,
+        start(&["bash", "/tmp/mount_loopback_filesystem.sh"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "loop mount failed:\n{}\n{}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    let df = run_ok(&mut c, "df -h /mnt/loop").await;
+    eprintln!("{df}");
+    let line = df
+        .lines()
+        .find(|l| l.ends_with("/mnt/loop"))
+        .expect("df line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert!(fields[0].starts_with("/dev/loop"), "{df}");
+    let size: f64 = fields[1]
+        .trim_end_matches('M')
+        .parse()
+        .expect("size in MiB");
+    assert!(
+        (80.0..=100.0).contains(&size),
+        "not a ~100M file system: {df}"
+    );
+    let fstype = run_ok(
+        &mut c,
+        "findmnt -n -o FSTYPE /mnt/loop || stat -f -c %T /mnt/loop",
+    )
+    .await;
+    assert!(fstype.starts_with("ext"), "{fstype}");
+    run_ok(
+        &mut c,
+        "echo hi > /mnt/loop/x && cat /mnt/loop/x && umount /mnt/loop",
+    )
+    .await;
+
+    // Shutdown ends the jail: the agent exits 0 and its PID namespace goes with it.
+    c.shutdown(ShutdownRequest {}).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let s = jail.wait(Duration::from_secs(10));
+        (s, jail)
+    })
+    .await
+    .unwrap();
+    let (status, jail) = status;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "jail did not end cleanly; agent log:\n{}",
+        jail.log()
+    );
+    drop(jail);
+}

@@ -1,0 +1,205 @@
+//! A sandbox under test, behind the same API socket whatever runs it: the real agent in
+//! the test jail with `vmm supervise` (tier 2, runs here), or a Linux VM with `vmm run
+//! --api-sock` (tier 3, where `vmm doctor` says Linux boots). The e2e test bodies take
+//! a `Sandbox` and never know which.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmm::client::Client;
+
+use crate::jail::Jail;
+use crate::vmm_bin;
+
+/// How long a sandbox may take to report ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The fd number the child sees for --ready-fd.
+const READY_FD: i32 = 3;
+
+pub enum Backend {
+    /// The agent as PID 1 of a chroot of the rootfs image, in fresh namespaces.
+    Jail,
+    /// A Linux guest booted from build/vmlinux and build/rootfs.ext4.
+    Vm,
+}
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub api_socket: PathBuf,
+    pub process: Child,
+    /// The readiness line the VMM printed.
+    pub ready_line: String,
+    _jail: Option<Jail>,
+}
+
+fn repo_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name)
+}
+
+/// `Some(reason)` when this host cannot boot Linux guests (from `vmm doctor`).
+pub fn vm_unavailable() -> Option<String> {
+    let out = Command::new(vmm_bin())
+        .args(["doctor", "--json"])
+        .output()
+        .expect("vmm doctor runs");
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    if report.contains("\"linux_guests_boot\":true") {
+        return None;
+    }
+    Some(
+        report
+            .split("\"reason\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("vmm doctor gave no reason")
+            .to_string(),
+    )
+}
+
+impl Sandbox {
+    pub fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[])
+    }
+
+    /// Starts a sandbox; `extra` goes to the vmm command line (e.g. `--lifetime 2`).
+    pub fn start_with(backend: Backend, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let api_socket = dir.path().join("api.sock");
+        let mut cmd = Command::new(vmm_bin());
+        let jail = match backend {
+            Backend::Jail => {
+                let jail = Jail::start(&Jail::rootfs_image(), &Jail::agent_bin());
+                cmd.arg("supervise")
+                    .arg("--agent-sock")
+                    .arg(jail.socket_path());
+                Some(jail)
+            }
+            Backend::Vm => {
+                let disk = dir.path().join("rootfs.ext4");
+                let ok = Command::new("cp")
+                    .arg("--sparse=always")
+                    .arg(repo_file("build/rootfs.ext4"))
+                    .arg(&disk)
+                    .status()
+                    .expect("cp runs");
+                assert!(ok.success(), "cannot copy build/rootfs.ext4");
+                cmd.arg("run")
+                    .arg("--kernel")
+                    .arg(repo_file("build/vmlinux"))
+                    .arg("--rootfs")
+                    .arg(&disk)
+                    .args(["--cpus", "2", "--memory-mib", "4096"]);
+                None
+            }
+        };
+        cmd.arg("--api-sock")
+            .arg(&api_socket)
+            .args(["--ready-fd", &READY_FD.to_string()])
+            .args(extra);
+        let (ready_read, ready_write) = pipe();
+        let write_fd = ready_write.as_raw_fd();
+        // SAFETY: between fork and exec we only call dup2, which is async-signal-safe;
+        // it puts the pipe's write end at READY_FD without CLOEXEC.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(write_fd, READY_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let process = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("vmm starts");
+        drop(ready_write);
+        let ready_line = read_ready_line(ready_read);
+        Self {
+            dir,
+            api_socket,
+            process,
+            ready_line,
+            _jail: jail,
+        }
+    }
+
+    /// The jail running the agent (jail backend only).
+    pub fn jail(&self) -> Option<&Jail> {
+        self._jail.as_ref()
+    }
+
+    /// Where the agent listens, for tests that bypass the supervisor.
+    pub fn agent_address(&self) -> agent::connect::Address {
+        match &self._jail {
+            Some(jail) => agent::connect::Address::Unix(jail.socket_path().to_path_buf()),
+            None => {
+                let mut uds = self.api_socket.clone().into_os_string();
+                uds.push(".vsock");
+                agent::connect::Address::HybridVsock {
+                    uds: uds.into(),
+                    port: agent::AGENT_VSOCK_PORT,
+                }
+            }
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.api_socket)
+            .await
+            .expect("connect to the API socket")
+    }
+
+    /// Waits for the vmm process to end; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.process.try_wait().expect("wait") {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two-element array; both fds are then owned below.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2 failed");
+    // SAFETY: the fds were just created and are owned by nothing else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Blocks until the VMM writes its readiness line (no polling: the pipe tells us).
+fn read_ready_line(fd: OwnedFd) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(std::fs::File::from(fd)).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(READY_TIMEOUT)
+        .expect("the sandbox did not become ready in time");
+    assert!(
+        line.contains("\"event\":\"ready\""),
+        "the readiness pipe closed without a ready line: {line:?}"
+    );
+    line
+}
