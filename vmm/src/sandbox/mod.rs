@@ -63,7 +63,14 @@ pub struct Supervisor {
     terminating: AtomicBool,
     end_cause: Arc<Mutex<Option<EndCause>>>,
     on_end: Box<dyn Fn(EndCause) + Send + Sync>,
+    /// Set to stop the API server gracefully (answers in flight still go out).
+    stop_serving: tokio::sync::watch::Sender<bool>,
+    /// Becomes true once the API server has stopped.
+    served: tokio::sync::watch::Receiver<bool>,
 }
+
+/// How long in-flight API answers (the Terminate reply itself) get before the end.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the VMM keeps of a running supervisor.
 pub struct Handle {
@@ -110,6 +117,10 @@ impl Supervisor {
             Ok(Err(status)) => log::info!("agent shutdown: {}", status.message()),
             Err(_) => log::warn!("agent did not answer shutdown within {grace:?}"),
         }
+        // Let the API answer what it was asked (Terminate included) before we go.
+        let _ = self.stop_serving.send(true);
+        let mut served = self.served.clone();
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, served.wait_for(|done| *done)).await;
         (self.on_end)(cause);
     }
 }
@@ -132,6 +143,8 @@ pub fn spawn(
         let _runtime = runtime.enter();
         agent_link::client(options.agent.clone())
     };
+    let (stop_serving, stop_rx) = tokio::sync::watch::channel(false);
+    let (served_tx, served) = tokio::sync::watch::channel(false);
     let supervisor = Arc::new(Supervisor {
         options,
         agent,
@@ -145,6 +158,8 @@ pub fn spawn(
         terminating: AtomicBool::new(false),
         end_cause: Arc::new(Mutex::new(None)),
         on_end,
+        stop_serving,
+        served,
     });
     let handle = Handle {
         end_cause: supervisor.end_cause.clone(),
@@ -163,9 +178,12 @@ pub fn spawn(
                         s.terminate(DEFAULT_GRACE, EndCause::LifetimeExpired).await;
                     });
                 }
-                if let Err(e) = server::serve(listener, supervisor).await {
+                if let Err(e) = server::serve(listener, supervisor, stop_rx).await {
                     log::error!("API server stopped: {e}");
                 }
+                let _ = served_tx.send(true);
+                // The runtime (and its agent connection) lives until the process ends.
+                std::future::pending::<()>().await;
             })
         })
         .map_err(ServeError::Runtime)?;

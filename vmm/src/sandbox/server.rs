@@ -63,7 +63,12 @@ fn peer_allowed(stream: &UnixStream) -> bool {
     }
 }
 
-pub async fn serve(listener: UnixListener, supervisor: Arc<Supervisor>) -> Result<(), ServeError> {
+/// Serves until `stop` turns true, then finishes the calls in flight.
+pub async fn serve(
+    listener: UnixListener,
+    supervisor: Arc<Supervisor>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServeError> {
     let incoming = UnixListenerStream::new(listener).filter(|conn| match conn {
         Ok(stream) if !peer_allowed(stream) => {
             log::warn!("API: refused a connection from another user");
@@ -79,7 +84,9 @@ pub async fn serve(listener: UnixListener, supervisor: Arc<Supervisor>) -> Resul
                 .max_decoding_message_size(16 << 20)
                 .max_encoding_message_size(16 << 20),
         )
-        .serve_with_incoming(incoming)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        })
         .await?;
     Ok(())
 }
