@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
             );
             Backend::Vm
         }
-        Some(reason) => {
+        Some(_) => {
             println!("== This host cannot boot Linux guests. `vmm doctor` says: ==");
             let doctor = Command::new(vmm_bin()).arg("doctor").output();
             if let Ok(out) = doctor {
@@ -41,7 +41,6 @@ async fn main() -> ExitCode {
                     println!("  {line}");
                 }
             }
-            println!("  ({reason})");
             println!("== So this demo runs the sandbox in the TEST JAIL, not a VM: the real agent");
             println!(
                 "   as PID 1 of the real rootfs image, behind the same supervisor and API. =="
