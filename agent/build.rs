@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     tonic_prost_build::configure()
+        // Payloads as `bytes::Bytes`: relayed and retained without copying.
+        .bytes(".")
         .compile_protos(&["proto/agent.proto", "proto/sandbox.proto"], &["proto"])?;
     Ok(())
 }

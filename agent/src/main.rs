@@ -8,7 +8,13 @@ use std::process::ExitCode;
 use server::args::{Args, ArgsError, USAGE};
 use server::{init, logger, Exit};
 
+/// Output chunks are up to 256 KiB; glibc would mmap/munmap each one (page faults on
+/// every chunk) above its default 128 KiB threshold. Keep them on the heap instead.
+const MMAP_THRESHOLD: libc::c_int = 4 << 20;
+
 fn main() -> ExitCode {
+    // SAFETY: mallopt only changes allocator tuning; called before any other thread.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
     let args = match Args::parse(std::env::args_os().skip(1)) {
         Ok(a) => a,
         Err(ArgsError::Help) => {

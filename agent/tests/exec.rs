@@ -72,7 +72,7 @@ async fn stdin_is_streamed_to_sha256sum() {
     let feed = tokio::spawn(async move {
         for chunk in data.chunks(50_000) {
             sender
-                .send(input(Input::Stdin(chunk.to_vec())))
+                .send(input(Input::Stdin(chunk.to_vec().into())))
                 .await
                 .unwrap();
         }
@@ -194,7 +194,9 @@ async fn missing_program_cwd_and_bad_requests_fail_the_call() {
 
     // A first input that is not `start`.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(input(Input::Stdin(b"x".to_vec()))).await.unwrap();
+    tx.send(input(Input::Stdin(b"x".to_vec().into())))
+        .await
+        .unwrap();
     drop(tx);
     let e = c
         .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -314,7 +316,7 @@ async fn pty_tty_and_resize() {
         cols: 132,
     }))
     .await;
-    r.send(Input::Stdin(b"hello\n".to_vec())).await;
+    r.send(Input::Stdin(b"hello\n".to_vec().into())).await;
     let text = r.read_until("got hello", Duration::from_secs(5)).await;
     assert!(text.contains("50 132"), "{text:?}");
     let out = tokio::time::timeout(Duration::from_secs(5), r.finish())
@@ -326,7 +328,7 @@ async fn pty_tty_and_resize() {
     let mut s = start(&["cat"]);
     s.tty = true;
     let mut r = spawn(&mut c, s).await.unwrap();
-    r.send(Input::Stdin(b"line\n".to_vec())).await;
+    r.send(Input::Stdin(b"line\n".to_vec().into())).await;
     r.read_until("line\r\nline\r\n", Duration::from_secs(5))
         .await;
     r.send(Input::CloseStdin(CloseStdin {})).await;
@@ -406,7 +408,10 @@ async fn a_stalled_reader_blocks_only_its_own_exec() {
     let out = loop {
         match big.next().await {
             Some(Output::Stdout(d)) => {
-                assert!(d.len() <= 64 * 1024);
+                assert!(
+                    d.len() <= 256 * 1024,
+                    "chunks are at most the agent's 256 KiB"
+                );
                 assert!(d.iter().all(|&b| b == 0));
                 total += d.len();
             }
@@ -459,8 +464,8 @@ async fn close_stdin_with_input_stream_open() {
     let agent = TestAgent::start();
     let mut c = agent.client().await;
     let mut r = spawn(&mut c, start(&["cat"])).await.unwrap();
-    r.send(Input::Stdin(b"abc".to_vec())).await;
-    r.send(Input::Stdin(b"def".to_vec())).await;
+    r.send(Input::Stdin(b"abc".to_vec().into())).await;
+    r.send(Input::Stdin(b"def".to_vec().into())).await;
     r.send(Input::CloseStdin(CloseStdin {})).await;
     let sender = r.input.take();
     let out = tokio::time::timeout(Duration::from_secs(5), r.finish())
@@ -481,7 +486,7 @@ async fn stdin_nobody_reads_blocks_only_its_own_exec() {
     let flood = tokio::spawn(async move {
         for _ in 0..256 {
             if sender
-                .send(input(Input::Stdin(vec![b'x'; 64 * 1024])))
+                .send(input(Input::Stdin(vec![b'x'; 64 * 1024].into())))
                 .await
                 .is_err()
             {
@@ -495,7 +500,7 @@ async fn stdin_nobody_reads_blocks_only_its_own_exec() {
     let check = async {
         let mut r = spawn(&mut c, start(&["wc", "-c"])).await.unwrap();
         for chunk in data.chunks(64 * 1024) {
-            r.send(Input::Stdin(chunk.to_vec())).await;
+            r.send(Input::Stdin(chunk.to_vec().into())).await;
         }
         r.close_input();
         r.finish().await

@@ -27,7 +27,7 @@ fn header(path: &str, mode: u32, make_parents: bool) -> WriteFileRequest {
 
 fn data(bytes: &[u8]) -> WriteFileRequest {
     WriteFileRequest {
-        part: Some(WritePart::Data(bytes.to_vec())),
+        part: Some(WritePart::Data(bytes.to_vec().into())),
     }
 }
 

@@ -98,7 +98,9 @@ async fn jail_runs_the_agent_as_init_and_loop_mounts() {
             })),
         },
         WriteFileRequest {
-            part: Some(WritePart::Data(LOOP_MOUNT_SCRIPT.as_bytes().to_vec())),
+            part: Some(WritePart::Data(
+                LOOP_MOUNT_SCRIPT.as_bytes().to_vec().into(),
+            )),
         },
     ];
     c.write_file(tokio_stream::iter(parts)).await.unwrap();

@@ -187,7 +187,7 @@ async fn gigabyte_through_stdin_and_stdout(sb: Sandbox) {
             fill(&mut block, i as u64);
             hasher.update(&block);
             input
-                .send(request(exec_request::Request::Stdin(block.clone())))
+                .send(request(exec_request::Request::Stdin(block.clone().into())))
                 .await
                 .unwrap();
         }
@@ -265,7 +265,9 @@ async fn pty_names_a_terminal_and_follows_resizes(sb: Sandbox) {
         .unwrap();
     session
         .input
-        .send(request(exec_request::Request::Stdin(b"go\n".to_vec())))
+        .send(request(exec_request::Request::Stdin(
+            b"go\n".to_vec().into(),
+        )))
         .await
         .unwrap();
     let rest = collect(session).await.unwrap();

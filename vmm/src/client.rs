@@ -158,7 +158,9 @@ impl Client {
         if !stdin.is_empty() {
             let _ = session
                 .input
-                .send(request(exec_request::Request::Stdin(stdin.to_vec())))
+                .send(request(exec_request::Request::Stdin(
+                    bytes::Bytes::copy_from_slice(stdin),
+                )))
                 .await;
         }
         let _ = session
@@ -200,7 +202,7 @@ impl Client {
             buf.truncate(n);
             if tx
                 .send(pb::WriteFileRequest {
-                    part: Some(Part::Data(buf)),
+                    part: Some(Part::Data(buf.into())),
                 })
                 .await
                 .is_err()

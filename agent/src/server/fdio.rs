@@ -17,8 +17,16 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let pair = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Bigger pipes mean fewer, larger reads (and messages) for bulk output. Best effort:
+    // an unprivileged agent may be capped by /proc/sys/fs/pipe-max-size.
+    // SAFETY: fcntl on a descriptor we own; F_SETPIPE_SZ touches no memory.
+    unsafe { libc::fcntl(fds[0], libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    Ok(pair)
 }
+
+/// Capacity asked for process pipes.
+const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Sets O_NONBLOCK on `fd`.
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {

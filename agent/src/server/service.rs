@@ -166,7 +166,7 @@ impl Agent for AgentService {
                     Ok(n) => {
                         buf.truncate(n);
                         Ok(ReadFileResponse {
-                            part: Some(ReadPart::Data(buf)),
+                            part: Some(ReadPart::Data(buf.into())),
                         })
                     }
                     Err(e) => Err(path_status("read", &path, &e)),

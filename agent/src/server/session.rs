@@ -24,7 +24,7 @@ use super::pty;
 use super::reaper::kill_group;
 
 /// Largest output chunk.
-pub const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 256 * 1024;
 /// Output messages buffered per exec between its pipes and the response stream.
 pub const OUTPUT_QUEUE: usize = 4;
 /// Stdin bytes held while the process does not read them; more input waits (flow
@@ -158,7 +158,7 @@ async fn pump(fd: Arc<FdIo>, stream: Stream, tx: OutputTx, mut exited: watch::Re
         if *exited.borrow() {
             drained += n;
         }
-        let data = buf[..n].to_vec();
+        let data = bytes::Bytes::copy_from_slice(&buf[..n]);
         let out = match stream {
             Stream::Stdout => Output::Stdout(data),
             Stream::Stderr => Output::Stderr(data),

@@ -79,7 +79,9 @@ async fn forward_stdin(input: tokio::sync::mpsc::Sender<agent::api::ExecRequest>
         match stdin.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let msg = request(exec_request::Request::Stdin(buf[..n].to_vec()));
+                let msg = request(exec_request::Request::Stdin(bytes::Bytes::copy_from_slice(
+                    &buf[..n],
+                )));
                 if input.send(msg).await.is_err() {
                     return;
                 }

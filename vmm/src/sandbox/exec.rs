@@ -18,7 +18,7 @@ const RETAIN: u64 = 16 << 20;
 /// Undelivered bytes per stream before the process is throttled.
 const WINDOW: u64 = 4 << 20;
 /// Largest output message sent to a client.
-const CHUNK: usize = 64 << 10;
+const CHUNK: usize = 256 << 10;
 
 pub struct ExecState {
     pub pid: u32,

@@ -6,6 +6,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OutputError {
     #[error("offset {requested} is no longer retained (oldest kept byte is {oldest})")]
@@ -18,7 +20,7 @@ pub enum OutputError {
 pub struct OutputLog {
     /// Offset of the first byte in `chunks`.
     start: u64,
-    chunks: VecDeque<Vec<u8>>,
+    chunks: VecDeque<Bytes>,
     len: u64,
     /// Highest offset any client has been sent.
     delivered: u64,
@@ -52,7 +54,7 @@ impl OutputLog {
         self.end() - self.delivered < self.window
     }
 
-    pub fn push(&mut self, data: Vec<u8>) {
+    pub fn push(&mut self, data: Bytes) {
         if data.is_empty() {
             return;
         }
@@ -60,8 +62,9 @@ impl OutputLog {
         self.chunks.push_back(data);
     }
 
-    /// Up to `max` bytes starting at `offset`, marking them delivered.
-    pub fn read(&mut self, offset: u64, max: usize) -> Result<Vec<u8>, OutputError> {
+    /// Up to `max` bytes starting at `offset` (never crossing a chunk: no copy is made),
+    /// marking them delivered. Empty at the end of the stream.
+    pub fn read(&mut self, offset: u64, max: usize) -> Result<Bytes, OutputError> {
         if offset < self.start {
             return Err(OutputError::Dropped {
                 requested: offset,
@@ -74,18 +77,15 @@ impl OutputLog {
                 end: self.end(),
             });
         }
-        let mut out = Vec::new();
         let mut chunk_start = self.start;
+        let mut out = Bytes::new();
         for chunk in &self.chunks {
             let chunk_end = chunk_start + chunk.len() as u64;
             if chunk_end > offset {
-                // Only the first chunk read can start mid-way.
-                let from = offset.saturating_sub(chunk_start) as usize;
-                let take = (max - out.len()).min(chunk.len() - from);
-                out.extend_from_slice(&chunk[from..from + take]);
-                if out.len() == max {
-                    break;
-                }
+                let from = (offset - chunk_start) as usize;
+                let to = chunk.len().min(from + max);
+                out = chunk.slice(from..to);
+                break;
             }
             chunk_start = chunk_end;
         }
@@ -115,21 +115,26 @@ mod tests {
     #[test]
     fn reads_resume_at_any_retained_offset() {
         let mut log = OutputLog::new(1 << 20, 1 << 20);
-        log.push(b"hello ".to_vec());
-        log.push(b"world".to_vec());
-        assert_eq!(log.read(0, 4).unwrap(), b"hell");
-        assert_eq!(log.read(4, 100).unwrap(), b"o world");
-        assert_eq!(log.read(3, 5).unwrap(), b"lo wo");
-        assert_eq!(log.read(11, 5).unwrap(), b"");
+        log.push(Bytes::from_static(b"hello "));
+        log.push(Bytes::from_static(b"world"));
+        assert_eq!(log.read(0, 4).unwrap(), &b"hell"[..]);
+        assert_eq!(
+            log.read(4, 100).unwrap(),
+            &b"o "[..],
+            "reads stop at a chunk end"
+        );
+        assert_eq!(log.read(6, 100).unwrap(), &b"world"[..]);
+        assert_eq!(log.read(3, 5).unwrap(), &b"lo "[..]);
+        assert_eq!(log.read(11, 5).unwrap(), &b""[..]);
         assert!(matches!(log.read(12, 1), Err(OutputError::Beyond { .. })));
     }
 
     #[test]
     fn window_bounds_undelivered_bytes() {
         let mut log = OutputLog::new(0, 10);
-        log.push(vec![1; 6]);
+        log.push(Bytes::from(vec![1; 6]));
         assert!(log.has_room());
-        log.push(vec![2; 6]);
+        log.push(Bytes::from(vec![2; 6]));
         assert!(!log.has_room());
         log.read(0, 6).unwrap();
         assert!(log.has_room());
@@ -139,9 +144,12 @@ mod tests {
     fn delivered_bytes_beyond_retention_are_dropped() {
         let mut log = OutputLog::new(8, 100);
         for i in 0..4u8 {
-            log.push(vec![i; 4]);
+            log.push(Bytes::from(vec![i; 4]));
         }
-        assert_eq!(log.read(0, 12).unwrap().len(), 12);
+        let mut at = 0;
+        while at < 12 {
+            at += log.read(at, 12 - at as usize).unwrap().len() as u64;
+        }
         // 16 kept, 12 delivered, retain 8: the first chunk (4 bytes) goes... and the next.
         assert_eq!(log.oldest(), 8);
         assert_eq!(
@@ -151,6 +159,7 @@ mod tests {
                 oldest: 8
             })
         );
-        assert_eq!(log.read(8, 100).unwrap(), vec![2, 2, 2, 2, 3, 3, 3, 3]);
+        assert_eq!(log.read(8, 100).unwrap(), vec![2, 2, 2, 2]);
+        assert_eq!(log.read(12, 100).unwrap(), vec![3, 3, 3, 3]);
     }
 }
