@@ -482,3 +482,77 @@ async fn a_killed_agent_is_reported_and_the_api_stays_up() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// The CLI (`vmm exec`, `vmm cp`, `vmm status`) against a jail sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_exec_cp_and_status() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let sb = tokio::task::spawn_blocking(|| Sandbox::start(Backend::Jail))
+        .await
+        .unwrap();
+    let api = sb.api_socket.clone();
+    let dir = sb.dir.path().to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        // `vmm SUBCOMMAND --api-sock S` then the subcommand's own arguments.
+        let vmm = |sub: &str| {
+            let mut c = Command::new(vmm_tests::vmm_bin());
+            c.arg(sub).arg("--api-sock").arg(&api);
+            c
+        };
+        // stdin forwarded, stdout/stderr separated, the exit status propagated.
+        let mut child = vmm("exec")
+            .args(["-e", "GREETING=hi", "-w", "/tmp", "--", "sh", "-c"])
+            .arg("read x; echo \"$GREETING $x from $(pwd)\"; echo oops >&2; exit 7")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(b"there\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(7));
+        assert_eq!(text(&out.stdout), "hi there from /tmp\n");
+        assert_eq!(text(&out.stderr), "oops\n");
+        // A signal death maps to 128 + N; a missing program to 127.
+        let out = vmm("exec")
+            .args(["--", "sh", "-c", "kill -9 $$"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(137));
+        let out = vmm("exec").args(["--", "/no/such"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(127));
+        assert!(
+            text(&out.stderr).contains("/no/such"),
+            "{}",
+            text(&out.stderr)
+        );
+        // cp both ways, mode bits kept.
+        let local = dir.join("up.sh");
+        std::fs::write(&local, b"#!/bin/sh\necho uploaded\n").unwrap();
+        std::fs::set_permissions(&local, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .unwrap();
+        let up = vmm("cp").arg(&local).arg(":/tmp/up.sh").output().unwrap();
+        assert!(up.status.success(), "{}", text(&up.stderr));
+        let run = vmm("exec").args(["--", "/tmp/up.sh"]).output().unwrap();
+        assert_eq!(text(&run.stdout), "uploaded\n");
+        let back = dir.join("back.sh");
+        let down = vmm("cp").arg(":/tmp/up.sh").arg(&back).output().unwrap();
+        assert!(down.status.success(), "{}", text(&down.stderr));
+        assert_eq!(
+            std::fs::read(&back).unwrap(),
+            std::fs::read(&local).unwrap()
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&back).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o750);
+        // status lists what ran.
+        let st = vmm("status").output().unwrap();
+        let st = text(&st.stdout);
+        assert!(st.starts_with("state: ready"), "{st}");
+        assert!(st.contains("exited 7"), "{st}");
+    })
+    .await
+    .unwrap();
+}
