@@ -28,6 +28,33 @@ pub const TINY_PVH_ELF: &str = env!("TINY_PVH_ELF");
 /// The 64-bit guest behind a PVH trampoline, for cross-checks under QEMU microvm.
 pub const TINY_PVH64_ELF: &str = env!("TINY_PVH64_ELF");
 
+/// QEMU's microvm running a PVH guest like our vmm does: `-device i8042` makes the
+/// guest's reset end QEMU (with -no-reboot); `acpi=off` puts virtio-mmio devices on the
+/// kernel command line. Used by the QEMU cross-checks and the start-up benchmark.
+pub fn qemu_microvm_args(kernel: &str) -> Vec<&str> {
+    vec![
+        "-M",
+        "microvm,acpi=off",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+        "-m",
+        "128",
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-device",
+        "i8042",
+        "-global",
+        "virtio-mmio.force-legacy=false",
+        "-kernel",
+        kernel,
+    ]
+}
+
 /// How long a VM run may take before the harness kills it and fails the test.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Memory for tests that do not care about its size.

@@ -36,7 +36,8 @@ pub struct Sandbox {
     _jail: Option<Jail>,
 }
 
-fn repo_file(name: &str) -> PathBuf {
+/// A file of the repository (build outputs live in `build/`).
+pub fn repo_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name)
 }
 

@@ -2,36 +2,13 @@
 //! Runs where `vmm doctor` says Linux guests boot; elsewhere it is skipped with the
 //! doctor's reason on one line.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::{vmm_bin, Vmm};
+use vmm_tests::sandbox::{repo_file, vm_unavailable};
+use vmm_tests::Vmm;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn repo_file(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(name)
-}
-
-/// `Some(reason)` when Linux guests cannot boot on this host.
-fn linux_unavailable() -> Option<String> {
-    let out = Command::new(vmm_bin())
-        .args(["doctor", "--json"])
-        .output()
-        .expect("vmm doctor runs");
-    let report = String::from_utf8_lossy(&out.stdout).to_string();
-    if report.contains("\"linux_guests_boot\":true") {
-        return None;
-    }
-    let reason = report
-        .split("\"reason\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap_or("vmm doctor gave no reason")
-        .to_string();
-    Some(reason)
-}
 
 /// Commands typed into /bin/sh as PID 1 on the serial console.
 const SCRIPT: &str = "\
@@ -44,7 +21,7 @@ echo tier3-synced-data > /synced.txt && sync && echo SYNCED-$((40+2))
 
 #[test]
 fn tier3_linux_boots_to_user_space_with_smp_memory_loop_mounts_and_durable_writes() {
-    if let Some(reason) = linux_unavailable() {
+    if let Some(reason) = vm_unavailable() {
         eprintln!("SKIPPED tier 3 (Linux guest): {reason}");
         return;
     }

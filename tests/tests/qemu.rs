@@ -19,30 +19,8 @@ fn qemu() -> PathBuf {
         .expect("qemu-system-x86_64 not found: run `make deps` (apt-get install qemu-system-x86)")
 }
 
-/// `-device i8042` makes the guests' reset end QEMU (with -no-reboot); `acpi=off`
-/// puts the virtio-mmio devices on the command line.
 fn microvm(qemu: &Path, kernel: &str, extra: &[&str]) -> Vmm {
-    let mut args = vec![
-        "-M",
-        "microvm,acpi=off",
-        "-accel",
-        "kvm",
-        "-cpu",
-        "host,-arch-capabilities",
-        "-m",
-        "128",
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-device",
-        "i8042",
-        "-global",
-        "virtio-mmio.force-legacy=false",
-        "-kernel",
-        kernel,
-    ];
+    let mut args = vmm_tests::qemu_microvm_args(kernel);
     args.extend_from_slice(extra);
     Vmm::program(qemu, args).timeout(Duration::from_secs(30))
 }

@@ -134,26 +134,10 @@ fn main() {
             "qemu microvm (PVH entry)",
             &q,
             &[
-                "-M",
-                "microvm,acpi=off",
-                "-accel",
-                "kvm",
-                "-cpu",
-                "host,-arch-capabilities",
-                "-m",
-                "128",
-                "-nographic",
-                "-no-reboot",
-                "-nodefaults",
-                "-serial",
-                "stdio",
-                "-device",
-                "i8042",
-                "-kernel",
-                TINY_PVH64_ELF,
-                "-append",
-                "test=bench",
-            ],
+                vmm_tests::qemu_microvm_args(TINY_PVH64_ELF),
+                vec!["-append", "test=bench"],
+            ]
+            .concat(),
         )
     });
     if let (Some(ours), Some(peer)) = (pvh.as_ref().or(elf.as_ref()), qemu) {

@@ -170,27 +170,25 @@ pub async fn attach(
             // Delivery frees window: the pump may be waiting for it.
             exec.notify();
         }
-        if !out.is_empty() {
-            let n = out.len() as u64;
-            let msg = exec_event::Event::Stdout(Output {
-                offset: stdout_at,
-                data: out,
-            });
-            if send(&to_client, msg).await.is_err() {
+        for (data, at, wrap) in [
+            (
+                out,
+                &mut stdout_at,
+                exec_event::Event::Stdout as fn(Output) -> _,
+            ),
+            (err, &mut stderr_at, exec_event::Event::Stderr),
+        ] {
+            if data.is_empty() {
+                continue;
+            }
+            let n = data.len() as u64;
+            if send(&to_client, wrap(Output { offset: *at, data }))
+                .await
+                .is_err()
+            {
                 return;
             }
-            stdout_at += n;
-        }
-        if !err.is_empty() {
-            let n = err.len() as u64;
-            let msg = exec_event::Event::Stderr(Output {
-                offset: stderr_at,
-                data: err,
-            });
-            if send(&to_client, msg).await.is_err() {
-                return;
-            }
-            stderr_at += n;
+            *at += n;
         }
         if progressed {
             continue;
