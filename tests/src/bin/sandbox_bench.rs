@@ -73,6 +73,43 @@ async fn sandbox_round_trips(sb: &Sandbox) -> Vec<Duration> {
     v
 }
 
+/// The same round trip straight to the agent, without the supervisor: tells the two
+/// hops' costs apart.
+async fn agent_round_trips(sb: &Sandbox) -> Vec<Duration> {
+    use agent::pb::{agent_client::AgentClient, exec_input, exec_output, ExecInput};
+    let channel = agent::connect::channel(sb.agent_address())
+        .await
+        .expect("connect to the agent");
+    let mut agent = AgentClient::new(channel);
+    let mut v = Vec::with_capacity(ROUND_TRIPS);
+    for _ in 0..ROUND_TRIPS {
+        let t = Instant::now();
+        let start = ExecInput {
+            input: Some(exec_input::Input::Start(ExecStart {
+                argv: vec!["true".into()],
+                ..Default::default()
+            })),
+        };
+        // The input side stays open until the exec ends (closing it cancels the exec).
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(start).await.expect("queue start");
+        let mut out = agent
+            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("agent exec")
+            .into_inner();
+        let mut exited = false;
+        while let Some(msg) = out.message().await.expect("agent output") {
+            exited |= matches!(msg.output, Some(exec_output::Output::Exited(_)));
+        }
+        assert!(exited);
+        v.push(t.elapsed());
+        drop(tx);
+    }
+    v.sort();
+    v
+}
+
 async fn sandbox_throughput(sb: &Sandbox) -> f64 {
     let c = sb.client().await;
     let t = Instant::now();
@@ -129,6 +166,13 @@ async fn main() {
         ms(percentile(&host, 0.5)),
         ms(percentile(&host, 0.99)),
         percentile(&ours, 0.5).as_secs_f64() / percentile(&host, 0.5).as_secs_f64()
+    );
+
+    let direct = agent_round_trips(&sb).await;
+    println!(
+        "  of which the agent alone (no supervisor hop): p50 {:.3} ms p99 {:.3} ms",
+        ms(percentile(&direct, 0.5)),
+        ms(percentile(&direct, 0.99))
     );
 
     let (mut pipes, mut streams) = (Vec::new(), Vec::new());
