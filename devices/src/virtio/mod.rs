@@ -1,9 +1,11 @@
 //! Virtio devices over the MMIO transport.
 
+mod activation;
 pub mod block;
 mod mmio;
 pub mod vsock;
 
+pub use activation::PendingActivation;
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
 
 use std::sync::atomic::{AtomicU32, Ordering};

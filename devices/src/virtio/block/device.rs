@@ -12,7 +12,8 @@ use super::handler::{BlockHandler, DiskInfo};
 use super::request::MAX_RANGES;
 use super::{DiskEngine, RawFile, DEVICE_ID_LEN, SECTOR_SIZE};
 use crate::virtio::{
-    ActivateError, Activation, Interrupt, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1,
+    ActivateError, Activation, Interrupt, PendingActivation, VirtioDevice, INTERRUPT_USED_RING,
+    VIRTIO_F_VERSION_1,
 };
 
 const VIRTIO_ID_BLOCK: u32 = 2;
@@ -70,8 +71,7 @@ pub struct Block {
     config_space: [u8; CONFIG_LEN],
     queue_events: [EventFd; 1],
     interrupt: Interrupt,
-    activate_event: EventFd,
-    pending: Option<Activation>,
+    activation: PendingActivation,
     handler: Option<BlockHandler>,
     queue_event_registered: bool,
 }
@@ -136,8 +136,7 @@ impl Block {
             features,
             queue_events: [new_evt()?],
             interrupt: Interrupt::new(new_evt()?),
-            activate_event: new_evt()?,
-            pending: None,
+            activation: PendingActivation::new().map_err(BlockError::EventFd)?,
             handler: None,
             queue_event_registered: false,
         })
@@ -166,7 +165,7 @@ impl Block {
             mem,
             mut queues,
             acked_features,
-        }) = self.pending.take()
+        }) = self.activation.take()
         else {
             return;
         };
@@ -234,31 +233,23 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        if activation.queues.len() != 1 {
-            return Err(ActivateError::QueueNotReady(activation.queues.len()));
-        }
-        self.pending = Some(activation);
-        self.activate_event.write(1).map_err(ActivateError::Signal)
+        self.activation.hand_over(activation, 1)
     }
 
     fn reset(&mut self) {
-        self.pending = None;
+        self.activation.cancel();
         self.handler = None;
     }
 }
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        let evt = Events::with_data(&self.activate_event, ACTIVATE_EVENT, EventSet::IN);
-        if let Err(e) = ops.add(evt) {
-            log::error!("virtio-blk: cannot watch for activation: {e:?}");
-        }
+        self.activation.watch(ops, ACTIVATE_EVENT, "virtio-blk");
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match events.data() {
             ACTIVATE_EVENT => {
-                let _ = self.activate_event.read();
                 self.start_handler(ops);
             }
             QUEUE_EVENT => {

@@ -10,7 +10,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::handler::{VsockHandler, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
 use super::muxer::{Muxer, MuxerError};
 use crate::virtio::{
-    ActivateError, Activation, Interrupt, VirtioDevice, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1,
+    ActivateError, Activation, Interrupt, PendingActivation, VirtioDevice, INTERRUPT_USED_RING,
+    VIRTIO_F_VERSION_1,
 };
 
 const VIRTIO_ID_VSOCK: u32 = 19;
@@ -46,8 +47,7 @@ pub struct Vsock {
     config_space: [u8; 8],
     queue_events: [EventFd; 3],
     interrupt: Interrupt,
-    activate_event: EventFd,
-    pending: Option<Activation>,
+    activation: PendingActivation,
     handler: Option<VsockHandler>,
     muxer: Muxer,
     queue_events_registered: bool,
@@ -65,8 +65,7 @@ impl Vsock {
             config_space: config.guest_cid.to_le_bytes(),
             queue_events: [new_evt()?, new_evt()?, new_evt()?],
             interrupt: Interrupt::new(new_evt()?),
-            activate_event: new_evt()?,
-            pending: None,
+            activation: PendingActivation::new().map_err(VsockError::EventFd)?,
             handler: None,
             muxer: Muxer::new(config.guest_cid, config.uds_path.clone())?,
             queue_events_registered: false,
@@ -105,7 +104,7 @@ impl Vsock {
     }
 
     fn start_handler(&mut self, ops: &mut EventOps) {
-        let Some(Activation { mem, queues, .. }) = self.pending.take() else {
+        let Some(Activation { mem, queues, .. }) = self.activation.take() else {
             return;
         };
         let mut queues = queues.into_iter();
@@ -157,15 +156,11 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        if activation.queues.len() != QUEUE_SIZES.len() {
-            return Err(ActivateError::QueueNotReady(activation.queues.len()));
-        }
-        self.pending = Some(activation);
-        self.activate_event.write(1).map_err(ActivateError::Signal)
+        self.activation.hand_over(activation, QUEUE_SIZES.len())
     }
 
     fn reset(&mut self) {
-        self.pending = None;
+        self.activation.cancel();
         self.handler = None;
         // The driver forgot every stream; close their host sides.
         self.muxer.reset();
@@ -174,10 +169,7 @@ impl VirtioDevice for Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        let evt = Events::with_data(&self.activate_event, ACTIVATE_EVENT, EventSet::IN);
-        if let Err(e) = ops.add(evt) {
-            log::error!("virtio-vsock: cannot watch for activation: {e:?}");
-        }
+        self.activation.watch(ops, ACTIVATE_EVENT, "virtio-vsock");
         // The listener, the host sockets and the handshake timer, behind one fd.
         let backend = Events::with_data_raw(self.muxer.epoll_fd(), BACKEND_EVENT, EventSet::IN);
         if let Err(e) = ops.add(backend) {
@@ -189,7 +181,6 @@ impl MutEventSubscriber for Vsock {
         // A failed eventfd read only means the counter was already drained.
         match events.data() {
             ACTIVATE_EVENT => {
-                let _ = self.activate_event.read();
                 self.start_handler(ops);
             }
             RX_EVENT => {
