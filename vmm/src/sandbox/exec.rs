@@ -27,6 +27,8 @@ pub struct ExecState {
     pub exited: Option<Exited>,
     /// Why the process's fate is unknown (the agent connection broke).
     pub error: Option<String>,
+    /// When it ended (exit or error): the oldest finished execs are forgotten first.
+    pub finished_at: Option<std::time::Instant>,
 }
 
 pub struct Exec {
@@ -50,6 +52,7 @@ impl Exec {
                 stderr: OutputLog::new(RETAIN, WINDOW),
                 exited: None,
                 error: None,
+                finished_at: None,
             }),
             changed: watch::channel(0).0,
             input,
@@ -78,6 +81,26 @@ impl Exec {
             }
         }
         Ok(())
+    }
+}
+
+/// Finished execs (and their retained output) kept for status and re-attach; beyond
+/// this, the longest-finished are forgotten so a long-lived sandbox stays bounded.
+pub const MAX_FINISHED_EXECS: usize = 128;
+
+/// Drops the longest-finished execs beyond `MAX_FINISHED_EXECS`.
+pub fn forget_old(execs: &mut std::collections::HashMap<String, Arc<Exec>>) {
+    let mut finished: Vec<(std::time::Instant, String)> = execs
+        .values()
+        .filter_map(|e| lock(&e.state).finished_at.map(|t| (t, e.id.clone())))
+        .collect();
+    if finished.len() <= MAX_FINISHED_EXECS {
+        return;
+    }
+    finished.sort();
+    let excess = finished.len() - MAX_FINISHED_EXECS;
+    for (_, id) in finished.into_iter().take(excess) {
+        execs.remove(&id);
     }
 }
 
@@ -117,6 +140,9 @@ pub async fn pump(exec: Arc<Exec>, mut from_agent: Streaming<ExecOutput>) {
                 Err(status) => st.error = Some(format!("agent: {}", status.message())),
             }
             let done = st.exited.is_some() || st.error.is_some();
+            if done {
+                st.finished_at = Some(std::time::Instant::now());
+            }
             drop(st);
             exec.notify();
             if done {
@@ -218,4 +244,29 @@ async fn send(
     to.send(Ok(ExecEvent { event: Some(event) }))
         .await
         .map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_longest_finished_execs_are_forgotten() {
+        let mut execs = std::collections::HashMap::new();
+        let now = std::time::Instant::now();
+        for i in 0..(MAX_FINISHED_EXECS + 10) {
+            let (tx, _) = mpsc::channel(1);
+            let e = Arc::new(Exec::new(format!("e{i}"), vec![], 1, tx));
+            if i >= 5 {
+                lock(&e.state).finished_at = Some(now + std::time::Duration::from_millis(i as u64));
+            }
+            execs.insert(e.id.clone(), e);
+        }
+        forget_old(&mut execs);
+        // The 5 running ones stay, and the newest MAX_FINISHED_EXECS finished ones.
+        assert_eq!(execs.len(), 5 + MAX_FINISHED_EXECS);
+        assert!(execs.contains_key("e0") && execs.contains_key("e4"));
+        assert!(!execs.contains_key("e5") && !execs.contains_key("e9"));
+        assert!(execs.contains_key("e10"));
+    }
 }

@@ -85,7 +85,11 @@ impl SandboxService {
             }
         };
         let exec = Arc::new(Exec::new(id.clone(), argv, pid, input_tx));
-        lock(&self.supervisor.execs).insert(id, exec.clone());
+        {
+            let mut execs = lock(&self.supervisor.execs);
+            super::exec::forget_old(&mut execs);
+            execs.insert(id, exec.clone());
+        }
         tokio::spawn(pump(exec.clone(), outputs));
         Ok(exec)
     }
