@@ -30,12 +30,20 @@ pub const OUTPUT_QUEUE: usize = 4;
 /// Stdin bytes held while the process does not read them; more input waits (flow
 /// control back to the client), signals still get through up to this point.
 const MAX_PENDING_STDIN: usize = 256 * 1024;
-/// After the process exits, output still arriving (from a PTY's buffers) is read until
-/// EOF or until none arrives for this long: heirs that keep the pipe open (a daemon
-/// started in the background) do not hold the exec open.
-const DRAIN_IDLE: Duration = Duration::from_millis(100);
-/// And at most this much of it.
-const DRAIN_MAX: usize = 1 << 20;
+/// After the process exits, everything already in its pipe is delivered; beyond that,
+/// output still arriving (from a PTY's buffers, or heirs that keep the pipe open, like a
+/// daemon started in the background) is read until EOF, until none arrives for `idle`,
+/// or up to `extra` more bytes, so heirs do not hold the exec open.
+#[derive(Clone, Copy)]
+struct Drain {
+    idle: Duration,
+    extra: usize,
+}
+
+const DRAIN: Drain = Drain {
+    idle: Duration::from_millis(100),
+    extra: 1 << 20,
+};
 
 pub type OutputTx = mpsc::Sender<Result<ExecOutput, Status>>;
 
@@ -77,6 +85,7 @@ pub async fn run(
         Stream::Stdout,
         tx.clone(),
         exited_rx.clone(),
+        DRAIN,
     ))];
     if let Some(stderr) = child.stderr {
         readers.push(tokio::spawn(pump(
@@ -84,6 +93,7 @@ pub async fn run(
             Stream::Stderr,
             tx.clone(),
             exited_rx,
+            DRAIN,
         )));
     }
     let feeder = tokio::spawn(feed(input, child.stdin, child.pty, pgid));
@@ -126,23 +136,32 @@ pub async fn run(
 }
 
 /// Copies one output descriptor into the response stream.
-async fn pump(fd: Arc<FdIo>, stream: Stream, tx: OutputTx, mut exited: watch::Receiver<bool>) {
+async fn pump(
+    fd: Arc<FdIo>,
+    stream: Stream,
+    tx: OutputTx,
+    mut exited: watch::Receiver<bool>,
+    drain: Drain,
+) {
     let mut buf = vec![0u8; CHUNK];
-    let mut drained = 0usize;
+    // Bytes still to read once the process is gone; set when its exit is first seen,
+    // before the next read, so it counts only bytes read after that moment.
+    let mut budget: Option<usize> = None;
     loop {
-        let result = if *exited.borrow() {
-            if drained >= DRAIN_MAX {
-                break;
-            }
-            match timeout(DRAIN_IDLE, fd.read(&mut buf)).await {
+        if budget.is_none() && *exited.borrow() {
+            // The process is dead, so all it wrote is in the pipe now: that is owed.
+            budget = Some(readable_bytes(&fd).saturating_add(drain.extra));
+        }
+        let result = match budget {
+            Some(0) => break,
+            Some(_) => match timeout(drain.idle, fd.read(&mut buf)).await {
                 Ok(r) => r,
                 Err(_idle) => break,
-            }
-        } else {
-            tokio::select! {
+            },
+            None => tokio::select! {
                 r = fd.read(&mut buf) => r,
                 _ = exited.changed() => continue,
-            }
+            },
         };
         let n = match result {
             Ok(0) => break,
@@ -155,8 +174,8 @@ async fn pump(fd: Arc<FdIo>, stream: Stream, tx: OutputTx, mut exited: watch::Re
                 break;
             }
         };
-        if *exited.borrow() {
-            drained += n;
+        if let Some(left) = &mut budget {
+            *left = left.saturating_sub(n);
         }
         let data = bytes::Bytes::copy_from_slice(&buf[..n]);
         let out = match stream {
@@ -166,6 +185,18 @@ async fn pump(fd: Arc<FdIo>, stream: Stream, tx: OutputTx, mut exited: watch::Re
         if tx.send(message(out)).await.is_err() {
             break;
         }
+    }
+}
+
+/// Bytes waiting to be read from a pipe or PTY master (FIONREAD); 0 if unknown.
+fn readable_bytes(fd: &FdIo) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to a valid local; the descriptor is open.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::FIONREAD, &mut n) };
+    if rc < 0 {
+        0
+    } else {
+        usize::try_from(n).unwrap_or(0)
     }
 }
 
@@ -264,5 +295,47 @@ async fn feed(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::fdio::pipe;
+
+    /// Everything in the pipe when the exit is seen is delivered, however much that is;
+    /// a writer that outlives the process (an heir) is cut off after `extra` bytes.
+    #[tokio::test]
+    async fn output_in_the_pipe_at_exit_is_all_delivered() {
+        let (r, w) = pipe().unwrap();
+        let (r, w) = (Arc::new(FdIo::new(r).unwrap()), FdIo::new(w).unwrap());
+        let size = pipe_capacity(&w);
+        w.write_all(&vec![5u8; size]).await.unwrap();
+        let (_exited_tx, exited_rx) = watch::channel(true);
+        let (tx, mut rx) = mpsc::channel(OUTPUT_QUEUE);
+        let drain = Drain {
+            idle: Duration::from_secs(60),
+            extra: 0,
+        };
+        let pumping = tokio::spawn(pump(r, Stream::Stdout, tx, exited_rx, drain));
+        let mut total = 0;
+        while let Some(msg) = rx.recv().await {
+            match msg.unwrap().output {
+                Some(Output::Stdout(d)) => total += d.len(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The pump ended on its budget, not on EOF (the write end is still open) nor on
+        // the idle timeout (a minute).
+        pumping.await.unwrap();
+        assert_eq!(total, size);
+        drop(w);
+    }
+
+    /// The pipe's capacity: fill it without blocking.
+    fn pipe_capacity(w: &FdIo) -> usize {
+        // SAFETY: F_GETPIPE_SZ reads the pipe's size; it touches no memory.
+        let n = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(w), libc::F_GETPIPE_SZ) };
+        usize::try_from(n).unwrap()
     }
 }
