@@ -27,6 +27,9 @@ fn main() -> ExitCode {
         }
     };
     logger::init();
+    if let Err(e) = server::spawn::reserve_standard_fds() {
+        log::warn!("cannot open /dev/null on descriptors 0-2: {e}");
+    }
     let is_init = args.is_init(std::process::id());
     log::info!(
         "vmm-agent {} starting (pid {}, {})",
@@ -38,7 +41,10 @@ fn main() -> ExitCode {
         // Before any thread exists: mounts, lo, hostname.
         init::setup(args.hostname.as_deref());
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the agent mostly moves bytes between descriptors, and hand-offs between
+    // runtime threads (a futex wake of an idle vCPU each) cost more than they spread.
+    // Blocking file work still runs on tokio's blocking threads.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

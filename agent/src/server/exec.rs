@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use super::errors::{io_status, strerror};
 use super::fdio::{pipe, FdIo};
 use super::pty;
 use super::reaper::{Reaper, WaitStatus};
+use super::spawn::{self, Launch};
 use super::user::{self, User};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -179,50 +180,64 @@ fn spawn_error(arg0: &str, e: &io::Error) -> Status {
     io_status(e, format!("cannot run '{arg0}': {}", strerror(e)))
 }
 
-/// Starts the planned process in a new session (so its pid is also its process group),
-/// registered with the reaper.
-pub fn spawn(plan: &Plan, reaper: &Reaper) -> Result<Spawned, Status> {
-    let arg0 = plan.argv[0].as_str();
-    let internal = |what: &str, e: io::Error| Status::internal(format!("{what}: {e}"));
+fn internal(what: &str, e: io::Error) -> Status {
+    Status::internal(format!("{what}: {e}"))
+}
+
+/// The child's descriptors 0, 1 and 2, and the agent's ends of them.
+struct Stdio {
+    child: [OwnedFd; 3],
+    stdin: StdinSink,
+    stdout: Arc<FdIo>,
+    stderr: Option<Arc<FdIo>>,
+    pty: Option<Arc<FdIo>>,
+}
+
+fn open_stdio(plan: &Plan) -> Result<Stdio, Status> {
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| internal("dup", e));
+    if let Some((rows, cols)) = plan.tty {
+        let p = pty::open(rows, cols).map_err(|e| internal("cannot open a PTY", e))?;
+        let m = Arc::new(FdIo::new(p.master).map_err(|e| internal("PTY master", e))?);
+        return Ok(Stdio {
+            child: [dup(&p.slave)?, dup(&p.slave)?, p.slave],
+            stdin: StdinSink::Pty(m.clone()),
+            stdout: m.clone(),
+            stderr: None,
+            pty: Some(m),
+        });
+    }
+    let (in_r, in_w) = pipe().map_err(|e| internal("pipe", e))?;
+    let (out_r, out_w) = pipe().map_err(|e| internal("pipe", e))?;
+    let (err_w, stderr) = if plan.merge_stderr {
+        // Both streams write into one pipe, so their order is kept.
+        (dup(&out_w)?, None)
+    } else {
+        let (err_r, err_w) = pipe().map_err(|e| internal("pipe", e))?;
+        let err_r = FdIo::new(err_r).map_err(|e| internal("pipe", e))?;
+        (err_w, Some(Arc::new(err_r)))
+    };
+    Ok(Stdio {
+        child: [in_r, out_w, err_w],
+        stdin: StdinSink::Pipe(FdIo::new(in_w).map_err(|e| internal("pipe", e))?),
+        stdout: Arc::new(FdIo::new(out_r).map_err(|e| internal("pipe", e))?),
+        stderr,
+        pty: None,
+    })
+}
+
+/// A std `Command` that forks, for what posix_spawn cannot do: take a controlling
+/// terminal (PTY execs) and switch users.
+fn forked_command(plan: &Plan, child: [OwnedFd; 3]) -> Command {
     let mut cmd = Command::new(&plan.program);
-    cmd.arg0(arg0)
+    let [stdin, stdout, stderr] = child;
+    cmd.arg0(&plan.argv[0])
         .args(&plan.argv[1..])
         .env_clear()
         .envs(&plan.env)
-        .current_dir(&plan.cwd);
-
-    let master;
-    let (stdin, stdout, stderr);
-    if let Some((rows, cols)) = plan.tty {
-        let p = pty::open(rows, cols).map_err(|e| internal("cannot open a PTY", e))?;
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| internal("dup", e));
-        cmd.stdin(Stdio::from(dup(&p.slave)?))
-            .stdout(Stdio::from(dup(&p.slave)?))
-            .stderr(Stdio::from(p.slave));
-        let m = Arc::new(FdIo::new(p.master).map_err(|e| internal("PTY master", e))?);
-        master = Some(m.clone());
-        stdin = StdinSink::Pty(m.clone());
-        stdout = m;
-        stderr = None;
-    } else {
-        let (in_r, in_w) = pipe().map_err(|e| internal("pipe", e))?;
-        let (out_r, out_w) = pipe().map_err(|e| internal("pipe", e))?;
-        cmd.stdin(Stdio::from(in_r));
-        if plan.merge_stderr {
-            // Both streams write into one pipe, so their order is kept.
-            let out_w2 = out_w.try_clone().map_err(|e| internal("dup", e))?;
-            cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(out_w2));
-            stderr = None;
-        } else {
-            let (err_r, err_w) = pipe().map_err(|e| internal("pipe", e))?;
-            cmd.stdout(Stdio::from(out_w)).stderr(Stdio::from(err_w));
-            stderr = Some(Arc::new(FdIo::new(err_r).map_err(|e| internal("pipe", e))?));
-        }
-        stdin = StdinSink::Pipe(FdIo::new(in_w).map_err(|e| internal("pipe", e))?);
-        stdout = Arc::new(FdIo::new(out_r).map_err(|e| internal("pipe", e))?);
-        master = None;
-    }
-
+        .current_dir(&plan.cwd)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr);
     let tty = plan.tty.is_some();
     let ids = plan.user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone()));
     // SAFETY: the closure runs in the forked child before exec and only makes
@@ -247,17 +262,38 @@ pub fn spawn(plan: &Plan, reaper: &Reaper) -> Result<Spawned, Status> {
             Ok(())
         });
     }
-    let (pid, exit) = reaper.spawn(&mut cmd).map_err(|e| spawn_error(arg0, &e))?;
-    // The child's ends of the pipes / the PTY slave are closed here with `cmd`, so the
-    // agent sees EOF (or EIO on the PTY master) once the process and its heirs are gone.
-    drop(cmd);
+    cmd
+}
+
+/// Starts the planned process in a new session (so its pid is also its process group),
+/// registered with the reaper.
+pub fn spawn(plan: &Plan, reaper: &Reaper) -> Result<Spawned, Status> {
+    let io = open_stdio(plan)?;
+    let started = if plan.tty.is_none() && plan.user.is_none() {
+        let launch = Launch {
+            program: &plan.program,
+            argv: &plan.argv,
+            env: &plan.env,
+            cwd: &plan.cwd,
+            stdio: [&io.child[0], &io.child[1], &io.child[2]],
+        };
+        let started = reaper.spawn(|| spawn::spawn(&launch));
+        drop(io.child);
+        started
+    } else {
+        reaper.spawn_command(&mut forked_command(plan, io.child))
+    };
+    // The child's ends of the pipes / the PTY slave are closed by now (with the array
+    // or the `Command`), so the agent sees EOF (or EIO on the PTY master) once the
+    // process and its heirs are gone.
+    let (pid, exit) = started.map_err(|e| spawn_error(&plan.argv[0], &e))?;
     Ok(Spawned {
         pid,
         exit,
-        stdin,
-        stdout,
-        stderr,
-        pty: master,
+        stdin: io.stdin,
+        stdout: io.stdout,
+        stderr: io.stderr,
+        pty: io.pty,
     })
 }
 

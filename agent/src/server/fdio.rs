@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::BytesMut;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
@@ -77,9 +78,25 @@ impl FdIo {
         Ok(FdIo { fd })
     }
 
-    pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads up to `max` bytes into the spare capacity of `buf` (reserving it), appending
+    /// them without zero-filling or copying: the bytes can then be split off and sent.
+    pub async fn read_buf(&self, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+        buf.reserve(max);
         self.fd
-            .async_io(Interest::READABLE, |fd| sys_read(fd.as_raw_fd(), buf))
+            .async_io(Interest::READABLE, |fd| {
+                let spare = buf.spare_capacity_mut();
+                let len = spare.len().min(max);
+                // SAFETY: the kernel writes at most `len` bytes into the spare capacity,
+                // which is valid for writes of that many bytes during the call.
+                let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), len) };
+                if n < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let n = n as usize;
+                // SAFETY: read(2) initialized the first `n` bytes of the spare capacity.
+                unsafe { buf.set_len(buf.len() + n) };
+                Ok(n)
+            })
             .await
     }
 
@@ -185,19 +202,22 @@ mod tests {
     async fn large_write_completes_while_another_task_reads() {
         let (r, w) = pipe().unwrap();
         let (r, w) = (FdIo::new(r).unwrap(), FdIo::new(w).unwrap());
-        // More than a pipe holds: the writer must wait for the reader.
-        let writer = tokio::spawn(async move { w.write_all(&[7u8; 300_000]).await });
+        // More than a pipe holds (1 MiB): the writer must wait for the reader.
+        let size = 3 << 20;
+        let writer = tokio::spawn(async move { w.write_all(&vec![7u8; size]).await });
         let mut total = 0;
-        let mut buf = [0u8; 4096];
+        let mut buf = BytesMut::new();
         loop {
-            let n = r.read(&mut buf).await.unwrap();
+            let n = r.read_buf(&mut buf, 64 * 1024).await.unwrap();
             if n == 0 {
                 break;
             }
-            assert!(buf[..n].iter().all(|&b| b == 7));
+            let chunk = buf.split();
+            assert!(chunk.len() == n && n <= 64 * 1024);
+            assert!(chunk.iter().all(|&b| b == 7));
             total += n;
         }
         writer.await.unwrap().unwrap();
-        assert_eq!(total, 300_000);
+        assert_eq!(total, size);
     }
 }

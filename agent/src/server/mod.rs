@@ -13,6 +13,7 @@ pub mod pty;
 pub mod reaper;
 pub mod service;
 pub mod session;
+pub mod spawn;
 pub mod user;
 
 use std::time::Duration;

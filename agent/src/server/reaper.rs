@@ -48,21 +48,31 @@ impl Reaper {
         Ok(reaper)
     }
 
-    /// Spawns `cmd` and registers its pid under the reaper's lock. The caller must not
-    /// wait for the returned `Child` itself.
+    /// Starts a process with `start` (which returns its pid) and registers the pid under
+    /// the reaper's lock, so its exit cannot be collected before it is registered.
     pub fn spawn(
         &self,
-        cmd: &mut Command,
+        start: impl FnOnce() -> io::Result<libc::pid_t>,
     ) -> io::Result<(libc::pid_t, oneshot::Receiver<WaitStatus>)> {
         let mut waiting = self.inner.lock();
-        let child = cmd.spawn()?;
-        let pid = libc::pid_t::try_from(child.id())
-            .map_err(|_| io::Error::other("child pid out of range"))?;
-        // Dropping a std Child neither kills nor waits for it.
-        drop(child);
+        let pid = start()?;
         let (tx, rx) = oneshot::channel();
         waiting.insert(pid, tx);
         Ok((pid, rx))
+    }
+
+    /// Spawns `cmd` (forked by std) and registers its pid. The caller must not wait for
+    /// the `Child` itself.
+    pub fn spawn_command(
+        &self,
+        cmd: &mut Command,
+    ) -> io::Result<(libc::pid_t, oneshot::Receiver<WaitStatus>)> {
+        self.spawn(|| {
+            let child = cmd.spawn()?;
+            // Dropping a std Child neither kills nor waits for it.
+            libc::pid_t::try_from(child.id())
+                .map_err(|_| io::Error::other("child pid out of range"))
+        })
     }
 
     /// The pids of every running exec (their process groups have the same ids).
@@ -138,7 +148,7 @@ mod tests {
         for code in 0..20 {
             let mut cmd = Command::new("/bin/sh");
             cmd.arg("-c").arg(format!("exit {code}"));
-            waits.push((code, reaper.spawn(&mut cmd).unwrap().1));
+            waits.push((code, reaper.spawn_command(&mut cmd).unwrap().1));
         }
         for (code, rx) in waits {
             let status = std::process::ExitStatus::from_raw(rx.await.unwrap());

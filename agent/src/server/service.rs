@@ -86,14 +86,22 @@ impl Agent for AgentService {
             }
             None => return Err(Status::invalid_argument("Exec input ended before `start`")),
         };
-        let (etc, reaper) = (self.etc.clone(), self.reaper.clone());
-        // Lookups and fork/exec block: keep them off the reactor threads.
-        let (plan, child) = blocking(move || {
-            let plan = exec::plan(start, &etc)?;
-            let child = exec::spawn(&plan, &reaper)?;
-            Ok((plan, child))
-        })
-        .await?;
+        // A plain exec starts inline: posix_spawn holds this thread only until the child
+        // has exec'd, less than a hand-off to a blocking thread costs. Switching users
+        // reads /etc/passwd and forks (as does a PTY exec): those go to a blocking thread.
+        let (plan, child) = if start.user.is_empty() && !start.tty {
+            let plan = exec::plan(start, &self.etc)?;
+            let child = exec::spawn(&plan, &self.reaper)?;
+            (plan, child)
+        } else {
+            let (etc, reaper) = (self.etc.clone(), self.reaper.clone());
+            blocking(move || {
+                let plan = exec::plan(start, &etc)?;
+                let child = exec::spawn(&plan, &reaper)?;
+                Ok((plan, child))
+            })
+            .await?
+        };
         let label = exec::describe(&plan.argv);
         log::debug!("exec {} started: {label}", child.pid);
         let (tx, rx) = mpsc::channel(session::OUTPUT_QUEUE);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use agent::pb::exec_input::Input;
 use agent::pb::exec_output::Output;
 use agent::pb::{ExecInput, ExecOutput, Started};
+use bytes::BytesMut;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tonic::{Status, Streaming};
@@ -25,6 +26,9 @@ use super::reaper::kill_group;
 
 /// Largest output chunk.
 pub const CHUNK: usize = 256 * 1024;
+/// First read size of an output stream: most execs print little, and a large first
+/// buffer costs page faults on every exec; reads that fill the buffer double it.
+const FIRST_READ: usize = 16 * 1024;
 /// Output messages buffered per exec between its pipes and the response stream.
 pub const OUTPUT_QUEUE: usize = 4;
 /// Stdin bytes held while the process does not read them; more input waits (flow
@@ -143,7 +147,8 @@ async fn pump(
     mut exited: watch::Receiver<bool>,
     drain: Drain,
 ) {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = BytesMut::new();
+    let mut read_size = FIRST_READ;
     // Bytes still to read once the process is gone; set when its exit is first seen,
     // before the next read, so it counts only bytes read after that moment.
     let mut budget: Option<usize> = None;
@@ -154,12 +159,12 @@ async fn pump(
         }
         let result = match budget {
             Some(0) => break,
-            Some(_) => match timeout(drain.idle, fd.read(&mut buf)).await {
+            Some(_) => match timeout(drain.idle, fd.read_buf(&mut buf, read_size)).await {
                 Ok(r) => r,
                 Err(_idle) => break,
             },
             None => tokio::select! {
-                r = fd.read(&mut buf) => r,
+                r = fd.read_buf(&mut buf, read_size) => r,
                 _ = exited.changed() => continue,
             },
         };
@@ -177,7 +182,10 @@ async fn pump(
         if let Some(left) = &mut budget {
             *left = left.saturating_sub(n);
         }
-        let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+        if n == read_size {
+            read_size = (read_size * 2).min(CHUNK);
+        }
+        let data = buf.split().freeze();
         let out = match stream {
             Stream::Stdout => Output::Stdout(data),
             Stream::Stderr => Output::Stderr(data),

@@ -137,7 +137,7 @@ fn ready_ms(line: &str) -> f64 {
         .expect("ready_ms in the readiness line")
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let backend_name = match vm_unavailable() {
         None => "VM",

@@ -131,8 +131,8 @@ pub fn spawn(
     options: Options,
     on_end: Box<dyn Fn(EndCause) + Send + Sync>,
 ) -> Result<Handle, ServeError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread, like the agent's: cross-thread wake-ups cost more than they spread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .thread_name("supervisor")
         .enable_all()
         .build()
