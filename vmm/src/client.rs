@@ -266,7 +266,11 @@ pub async fn collect(mut session: ExecSession) -> Result<ExecOutput, ClientError
         match ev.event {
             Some(exec_event::Event::Stdout(o)) => out.stdout.extend_from_slice(&o.data),
             Some(exec_event::Event::Stderr(o)) => out.stderr.extend_from_slice(&o.data),
-            Some(exec_event::Event::Exited(e)) => out.exited = Some(e),
+            Some(exec_event::Event::Exited(e)) => {
+                // The last event: no need to wait for the stream's end as well.
+                out.exited = Some(e);
+                break;
+            }
             _ => {}
         }
     }

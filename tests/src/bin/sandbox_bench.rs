@@ -25,17 +25,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn host_fork_exec() -> Vec<Duration> {
-    let mut v: Vec<Duration> = (0..ROUND_TRIPS)
-        .map(|_| {
-            let t = Instant::now();
-            let ok = Command::new("true").status().expect("true runs").success();
-            assert!(ok);
-            t.elapsed()
-        })
-        .collect();
-    v.sort();
-    v
+/// One plain fork+exec of `true` on the host (std uses posix_spawn), waited for.
+fn host_fork_exec() -> Duration {
+    let t = Instant::now();
+    let ok = Command::new("true").status().expect("true runs").success();
+    assert!(ok);
+    t.elapsed()
 }
 
 fn host_pipe_throughput() -> f64 {
@@ -60,54 +55,73 @@ fn host_pipe_throughput() -> f64 {
     total as f64 / t.elapsed().as_secs_f64()
 }
 
-async fn sandbox_round_trips(sb: &Sandbox) -> Vec<Duration> {
-    let c = sb.client().await;
-    let mut v = Vec::with_capacity(ROUND_TRIPS);
-    for _ in 0..ROUND_TRIPS {
-        let t = Instant::now();
-        let out = c.run(&["true"], b"").await.expect("exec true");
-        assert_eq!(out.code(), Some(0));
-        v.push(t.elapsed());
-    }
-    v.sort();
-    v
+/// Round-trip samples of `exec true`, sorted.
+struct RoundTrips {
+    /// Through the supervisor's API, as an orchestrator runs it.
+    sandbox: Vec<Duration>,
+    /// Straight to the agent, without the supervisor: tells the two hops' costs apart.
+    agent: Vec<Duration>,
+    /// Plain fork+exec on the host.
+    host: Vec<Duration>,
 }
 
-/// The same round trip straight to the agent, without the supervisor: tells the two
-/// hops' costs apart.
-async fn agent_round_trips(sb: &Sandbox) -> Vec<Duration> {
-    use agent::pb::{agent_client::AgentClient, exec_input, exec_output, ExecInput};
+/// The three kinds of round trip, interleaved so that drift in the machine's speed
+/// affects each alike.
+async fn round_trips(sb: &Sandbox) -> RoundTrips {
+    use agent::pb::agent_client::AgentClient;
+    let c = sb.client().await;
     let channel = agent::connect::channel(sb.agent_address())
         .await
         .expect("connect to the agent");
     let mut agent = AgentClient::new(channel);
-    let mut v = Vec::with_capacity(ROUND_TRIPS);
+    let mut r = RoundTrips {
+        sandbox: Vec::with_capacity(ROUND_TRIPS),
+        agent: Vec::with_capacity(ROUND_TRIPS),
+        host: Vec::with_capacity(ROUND_TRIPS),
+    };
     for _ in 0..ROUND_TRIPS {
+        r.host.push(host_fork_exec());
+
         let t = Instant::now();
-        let start = ExecInput {
-            input: Some(exec_input::Input::Start(ExecStart {
-                argv: vec!["true".into()],
-                ..Default::default()
-            })),
-        };
-        // The input side stays open until the exec ends (closing it cancels the exec).
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tx.send(start).await.expect("queue start");
-        let mut out = agent
-            .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .expect("agent exec")
-            .into_inner();
-        let mut exited = false;
-        while let Some(msg) = out.message().await.expect("agent output") {
-            exited |= matches!(msg.output, Some(exec_output::Output::Exited(_)));
-        }
-        assert!(exited);
-        v.push(t.elapsed());
-        drop(tx);
+        let out = c.run(&["true"], b"").await.expect("exec true");
+        assert_eq!(out.code(), Some(0));
+        r.sandbox.push(t.elapsed());
+
+        let t = Instant::now();
+        agent_exec_true(&mut agent).await;
+        r.agent.push(t.elapsed());
     }
-    v.sort();
-    v
+    for v in [&mut r.sandbox, &mut r.agent, &mut r.host] {
+        v.sort();
+    }
+    r
+}
+
+/// `exec true` on the agent's own API, until its exit arrives.
+async fn agent_exec_true(
+    agent: &mut agent::pb::agent_client::AgentClient<tonic::transport::Channel>,
+) {
+    use agent::pb::{exec_input, exec_output, ExecInput};
+    let start = ExecInput {
+        input: Some(exec_input::Input::Start(ExecStart {
+            argv: vec!["true".into()],
+            ..Default::default()
+        })),
+    };
+    // The input side stays open until the exec ends (closing it cancels the exec).
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(start).await.expect("queue start");
+    let mut out = agent
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("agent exec")
+        .into_inner();
+    while let Some(msg) = out.message().await.expect("agent output") {
+        if matches!(msg.output, Some(exec_output::Output::Exited(_))) {
+            return;
+        }
+    }
+    panic!("the agent's exec stream ended without an exit");
 }
 
 async fn sandbox_throughput(sb: &Sandbox) -> f64 {
@@ -157,22 +171,20 @@ async fn main() {
         .await
         .unwrap();
 
-    let host = tokio::task::spawn_blocking(host_fork_exec).await.unwrap();
-    let ours = sandbox_round_trips(&sb).await;
+    let r = round_trips(&sb).await;
+    let p50 = |v: &[Duration]| percentile(v, 0.5);
     println!(
-        "exec `true` round trip ({ROUND_TRIPS} runs): sandbox p50 {:.3} ms p99 {:.3} ms | host fork+exec p50 {:.3} ms p99 {:.3} ms | p50 ratio {:.1}x",
-        ms(percentile(&ours, 0.5)),
-        ms(percentile(&ours, 0.99)),
-        ms(percentile(&host, 0.5)),
-        ms(percentile(&host, 0.99)),
-        percentile(&ours, 0.5).as_secs_f64() / percentile(&host, 0.5).as_secs_f64()
+        "exec `true` round trip ({ROUND_TRIPS} runs, interleaved): sandbox p50 {:.3} ms p99 {:.3} ms | host fork+exec p50 {:.3} ms p99 {:.3} ms | p50 ratio {:.2}x",
+        ms(p50(&r.sandbox)),
+        ms(percentile(&r.sandbox, 0.99)),
+        ms(p50(&r.host)),
+        ms(percentile(&r.host, 0.99)),
+        p50(&r.sandbox).as_secs_f64() / p50(&r.host).as_secs_f64()
     );
-
-    let direct = agent_round_trips(&sb).await;
     println!(
         "  of which the agent alone (no supervisor hop): p50 {:.3} ms p99 {:.3} ms",
-        ms(percentile(&direct, 0.5)),
-        ms(percentile(&direct, 0.99))
+        ms(p50(&r.agent)),
+        ms(percentile(&r.agent, 0.99))
     );
 
     let (mut pipes, mut streams) = (Vec::new(), Vec::new());
