@@ -94,11 +94,14 @@ impl Client {
             .into_inner())
     }
 
-    async fn open(&self, first: exec_request::Request) -> Result<ExecSession, ClientError> {
-        let (tx, rx) = mpsc::channel(16);
-        tx.send(request(first))
-            .await
-            .map_err(|_| ClientError::Protocol("input closed".into()))?;
+    /// Opens an exec stream whose first requests are `initial` (start or attach first).
+    async fn open(&self, initial: Vec<exec_request::Request>) -> Result<ExecSession, ClientError> {
+        let (tx, rx) = mpsc::channel(16.max(initial.len()));
+        for r in initial {
+            tx.send(request(r))
+                .await
+                .map_err(|_| ClientError::Protocol("input closed".into()))?;
+        }
         let mut events = self
             .api
             .clone()
@@ -126,10 +129,10 @@ impl Client {
         process: ExecStart,
         exec_id: Option<String>,
     ) -> Result<ExecSession, ClientError> {
-        self.open(exec_request::Request::Start(StartExec {
+        self.open(vec![exec_request::Request::Start(StartExec {
             process: Some(process),
             exec_id: exec_id.unwrap_or_default(),
-        }))
+        })])
         .await
     }
 
@@ -140,11 +143,11 @@ impl Client {
         stdout_offset: u64,
         stderr_offset: u64,
     ) -> Result<ExecSession, ClientError> {
-        self.open(exec_request::Request::Attach(Attach {
+        self.open(vec![exec_request::Request::Attach(Attach {
             exec_id: exec_id.to_string(),
             stdout_offset,
             stderr_offset,
-        }))
+        })])
         .await
     }
 
@@ -154,21 +157,18 @@ impl Client {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        let session = self.exec(process, None).await?;
+        // Stdin and its end travel with the start, in one write instead of three.
+        let mut initial = vec![exec_request::Request::Start(StartExec {
+            process: Some(process),
+            exec_id: String::new(),
+        })];
         if !stdin.is_empty() {
-            let _ = session
-                .input
-                .send(request(exec_request::Request::Stdin(
-                    bytes::Bytes::copy_from_slice(stdin),
-                )))
-                .await;
+            initial.push(exec_request::Request::Stdin(bytes::Bytes::copy_from_slice(
+                stdin,
+            )));
         }
-        let _ = session
-            .input
-            .send(request(exec_request::Request::CloseStdin(
-                pb::CloseStdin {},
-            )))
-            .await;
+        initial.push(exec_request::Request::CloseStdin(pb::CloseStdin {}));
+        let session = self.open(initial).await?;
         collect(session).await
     }
 

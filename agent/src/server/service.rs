@@ -104,9 +104,8 @@ impl Agent for AgentService {
         };
         let label = exec::describe(&plan.argv);
         log::debug!("exec {} started: {label}", child.pid);
-        let (tx, rx) = mpsc::channel(session::OUTPUT_QUEUE);
-        tokio::spawn(session::run(child, input, tx, plan.timeout, label));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let output = session::start(child, input, plan.timeout, label);
+        Ok(Response::new(Box::pin(output)))
     }
 
     async fn write_file(

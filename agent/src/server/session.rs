@@ -17,6 +17,7 @@ use agent::pb::{ExecInput, ExecOutput, Started};
 use bytes::BytesMut;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::exec::{exited, Spawned, StdinSink};
@@ -63,8 +64,26 @@ fn message(output: Output) -> Result<ExecOutput, Status> {
     })
 }
 
-/// Runs the session to its end; spawned as a task per exec.
-pub async fn run(
+/// Starts the session task and returns its response stream. `Started` is already in the
+/// stream, so it goes out with the response headers rather than in a write of its own.
+pub fn start(
+    child: Spawned,
+    input: Streaming<ExecInput>,
+    time_limit: Option<Duration>,
+    label: String,
+) -> ReceiverStream<Result<ExecOutput, Status>> {
+    let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
+    let started = message(Output::Started(Started {
+        pid: u32::try_from(child.pid).unwrap_or(0),
+    }));
+    // A new channel has room for its first message.
+    let _ = tx.try_send(started);
+    tokio::spawn(run(child, input, tx, time_limit, label));
+    ReceiverStream::new(rx)
+}
+
+/// Runs the session to its end.
+async fn run(
     child: Spawned,
     input: Streaming<ExecInput>,
     tx: OutputTx,
@@ -73,15 +92,7 @@ pub async fn run(
 ) {
     let pgid = child.pid;
     let mut exit = child.exit;
-    let mut client_gone = tx
-        .send(message(Output::Started(Started {
-            pid: u32::try_from(pgid).unwrap_or(0),
-        })))
-        .await
-        .is_err();
-    if client_gone {
-        let _ = kill_group(pgid, libc::SIGKILL);
-    }
+    let mut client_gone = false;
 
     let (exited_tx, exited_rx) = watch::channel(false);
     let mut readers = vec![tokio::spawn(pump(

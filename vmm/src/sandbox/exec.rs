@@ -9,6 +9,7 @@ use agent::api::{exec_event, ExecEvent, ExecStarted, Output};
 use agent::pb::{exec_output, ExecInput, ExecOutput, Exited};
 use devices::bus::lock;
 use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
 use super::output::{OutputError, OutputLog};
@@ -152,23 +153,38 @@ pub async fn pump(exec: Arc<Exec>, mut from_agent: Streaming<ExecOutput>) {
     }
 }
 
+/// Events buffered toward one client: small, so a client that stops reading stalls its
+/// own attachment quickly and the process is throttled.
+const EVENT_QUEUE: usize = 4;
+
+pub type EventStream = ReceiverStream<Result<ExecEvent, Status>>;
+
+/// Attaches one client: returns its event stream, which starts with `started` (already
+/// queued, so it leaves with the response headers), then output from the given offsets,
+/// then the exit.
+pub fn attach(exec: Arc<Exec>, stdout_at: u64, stderr_at: u64) -> EventStream {
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let started = exec_event::Event::Started(ExecStarted {
+        exec_id: exec.id.clone(),
+        pid: lock(&exec.state).pid,
+    });
+    // A new channel has room for its first event.
+    let _ = tx.try_send(Ok(ExecEvent {
+        event: Some(started),
+    }));
+    tokio::spawn(stream_output(exec, stdout_at, stderr_at, tx));
+    ReceiverStream::new(rx)
+}
+
 /// Streams output from the given offsets to one client, then the exit. Returns when the
 /// process is done and everything was sent, or when the client goes away.
-pub async fn attach(
+async fn stream_output(
     exec: Arc<Exec>,
     mut stdout_at: u64,
     mut stderr_at: u64,
     to_client: mpsc::Sender<Result<ExecEvent, Status>>,
 ) {
     let mut changes = exec.changed.subscribe();
-    let pid = lock(&exec.state).pid;
-    let started = exec_event::Event::Started(ExecStarted {
-        exec_id: exec.id.clone(),
-        pid,
-    });
-    if send(&to_client, started).await.is_err() {
-        return;
-    }
     loop {
         changes.borrow_and_update();
         let (out, err, end) = {

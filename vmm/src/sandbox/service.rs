@@ -25,9 +25,6 @@ type FileStream = Pin<Box<dyn Stream<Item = Result<pb::ReadFileResponse, Status>
 
 /// Client messages buffered toward the agent per exec.
 const INPUT_QUEUE: usize = 16;
-/// Events buffered toward one client: small, so a client that stops reading stalls its
-/// own attachment quickly and the process is throttled.
-const EVENT_QUEUE: usize = 4;
 
 pub struct SandboxService {
     supervisor: Arc<Supervisor>,
@@ -187,9 +184,7 @@ impl Sandbox for SandboxService {
             }
         };
         tokio::spawn(forward_input(from_client, exec.clone()));
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        tokio::spawn(attach(exec, stdout_at, stderr_at, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(attach(exec, stdout_at, stderr_at))))
     }
 
     async fn write_file(
