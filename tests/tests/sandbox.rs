@@ -66,7 +66,10 @@ mount -o loop /tmp/disk.img /mnt/loop
 ";
 
 async fn loop_mount_example(sb: Sandbox) {
-    assert!(sb.ready_line.contains("ready_ms"), "{}", sb.ready_line);
+    let ready: serde_json::Value = serde_json::from_str(&sb.ready_line).expect("a JSON line");
+    assert_eq!(ready["event"], "ready", "{}", sb.ready_line);
+    assert_eq!(ready["api_socket"], sb.api_socket.display().to_string());
+    assert!(ready["ready_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
     let c = sb.client().await;
     c.write_file(
         "/tmp/mount_loopback_filesystem.sh",

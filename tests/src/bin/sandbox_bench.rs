@@ -145,10 +145,8 @@ async fn sandbox_throughput(sb: &Sandbox) -> f64 {
 }
 
 fn ready_ms(line: &str) -> f64 {
-    line.split("\"ready_ms\":")
-        .nth(1)
-        .and_then(|r| r.trim().trim_end_matches('}').parse().ok())
-        .expect("ready_ms in the readiness line")
+    let ready: serde_json::Value = serde_json::from_str(line).expect("a JSON readiness line");
+    ready["ready_ms"].as_f64().expect("ready_ms in the readiness line")
 }
 
 #[tokio::main(flavor = "current_thread")]
