@@ -65,7 +65,7 @@ async fn jail_runs_the_agent_as_init_and_loop_mounts() {
     }
     assert_eq!(
         run_ok(&mut c, "readlink /proc/1/exe").await,
-        "/usr/sbin/vmm-agent\n"
+        "/vmm/vmm-agent\n"
     );
 
     // The orphans of an exec are reaped by the agent as init.

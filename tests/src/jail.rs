@@ -1,19 +1,26 @@
 //! The test jail (tier 2): the real agent as PID 1 of a chroot of the real rootfs image,
 //! in fresh PID, mount, UTS, IPC and cgroup namespaces, reachable on a Unix socket.
 //!
-//! `Jail::start` (as root) copies the image sparsely into a temporary directory,
-//! loop-mounts the copy, installs the agent as /sbin/vmm-agent and runs
+//! `Jail::start` (as root) copies the image sparsely into a temporary directory and runs
 //!
 //! ```text
 //! unshare --pid --fork --kill-child=SIGKILL --mount --uts --ipc --cgroup \
-//!     --propagation private chroot MNT /sbin/vmm-agent --init --unix /vmm/agent.sock \
-//!     --hostname sandbox
+//!     --propagation private sh -c '
+//!         mount -o loop IMAGE MNT; rm IMAGE; mount --bind DIR/vmm MNT/vmm
+//!         mount --bind -o ro AGENT MNT/vmm/vmm-agent
+//!         exec chroot MNT /vmm/vmm-agent --init --unix /vmm/agent.sock --hostname sandbox'
 //! ```
 //!
-//! The agent then does its PID 1 duties inside (proc, sysfs, devtmpfs, devpts, /dev/shm,
-//! /run, cgroup2, hostname) and listens on MNT/vmm/agent.sock (/vmm is not a mount the
-//! agent makes, so the socket stays visible from the host). Dropping the jail kills it
-//! (the PID namespace dies with its init), unmounts the image and removes the copy.
+//! where AGENT is the static agent just built. The agent then does its PID 1 duties inside
+//! (proc, sysfs, devtmpfs, devpts, /dev/shm, /run, cgroup2, hostname) and listens on
+//! /vmm/agent.sock, which the host sees as DIR/vmm/agent.sock.
+//!
+//! Every mount lives in the jail's own mount namespace, and the image copy is unlinked
+//! once mounted: when the jail's processes are gone, the kernel unmounts the image,
+//! frees its loop device and the copy's blocks. `unshare` gets SIGKILL when the test
+//! process dies, however it dies (`spawn_tied`), and takes the jail with it. So nothing
+//! is left mounted or running even after a SIGKILLed test; at worst the small temporary
+//! directory remains.
 //!
 //! This file uses only std, libc and tempfile so that both the tests crate (`pub mod
 //! jail`) and the agent's integration tests (`#[path]`) can compile it.
@@ -22,8 +29,10 @@
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Where the agent listens, inside the jail.
@@ -44,15 +53,26 @@ fn repo_root() -> PathBuf {
 
 /// A running jail; dropping it kills everything inside and removes its files.
 pub struct Jail {
-    dir: Option<tempfile::TempDir>,
-    image: PathBuf,
-    root: PathBuf,
+    dir: tempfile::TempDir,
     socket: PathBuf,
     log: PathBuf,
     /// The `unshare` process; its child is the agent (PID 1 inside).
     unshare: Option<Child>,
-    mounted: bool,
 }
+
+/// Mounts the image in the jail's mount namespace and starts the agent as its init.
+/// Arguments: image, mount point, host directory for /vmm, agent binary, then the
+/// agent's arguments. The agent is bind-mounted (read-only), not copied.
+const JAIL_INIT: &str = r#"set -e
+mount -o loop "$1" "$2"
+rm "$1"
+mkdir -p "$2/vmm"
+mount --bind "$3" "$2/vmm"
+touch "$2/vmm/vmm-agent"
+mount --bind -o ro "$4" "$2/vmm/vmm-agent"
+root=$2
+shift 4
+exec chroot "$root" /vmm/vmm-agent "$@""#;
 
 impl Jail {
     /// build/rootfs.ext4 of this repository; panics (with how to build it) if missing.
@@ -108,69 +128,54 @@ impl Jail {
             .unwrap_or_else(|e| panic!("cannot create a temp dir in {}: {e}", base.display()));
         let image = dir.path().join("rootfs.ext4");
         let root = dir.path().join("root");
+        let vmm_dir = dir.path().join("vmm");
         let log = dir.path().join("agent.log");
-        let mut jail = Jail {
-            socket: root.join(JAIL_SOCKET.trim_start_matches('/')),
-            dir: Some(dir),
-            image,
-            root,
-            log,
-            unshare: None,
-            mounted: false,
-        };
-
         run(Command::new("cp")
             .arg("--sparse=always")
             .arg(rootfs_image)
-            .arg(&jail.image));
-        fs::create_dir(&jail.root).expect("create the mount point");
-        run(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&jail.image)
-            .arg(&jail.root));
-        jail.mounted = true;
-
-        install_agent(&jail.root, agent_bin);
-        let sock_dir = jail.socket.parent().expect("socket dir");
-        fs::create_dir_all(sock_dir).expect("create the socket dir");
-        fs::set_permissions(sock_dir, fs::Permissions::from_mode(0o700))
-            .expect("chmod the socket dir");
-        let _ = fs::remove_file(&jail.socket);
+            .arg(&image));
+        fs::create_dir(&root).expect("create the mount point");
+        fs::create_dir(&vmm_dir).expect("create the jail's /vmm");
+        fs::set_permissions(&vmm_dir, fs::Permissions::from_mode(0o700))
+            .expect("chmod the jail's /vmm");
+        let mut jail = Jail {
+            socket: vmm_dir.join(JAIL_SOCKET.trim_start_matches("/vmm/")),
+            dir,
+            log,
+            unshare: None,
+        };
 
         let log = fs::File::create(&jail.log).expect("create the agent log");
         let log2 = log.try_clone().expect("dup the agent log");
         let level = std::env::var("VMM_JAIL_LOG").unwrap_or_else(|_| "info".to_owned());
-        let child = Command::new("unshare")
-            .args([
-                "--pid",
-                "--fork",
-                "--kill-child=SIGKILL",
-                "--mount",
-                "--uts",
-                "--ipc",
-                "--cgroup",
-                "--propagation",
-                "private",
-                "chroot",
-            ])
-            .arg(&jail.root)
-            .args([
-                "/sbin/vmm-agent",
-                "--init",
-                "--unix",
-                JAIL_SOCKET,
-                "--hostname",
-                JAIL_HOSTNAME,
-            ])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("VMM_AGENT_LOG", level)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .expect("cannot run unshare");
-        jail.unshare = Some(child);
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--pid",
+            "--fork",
+            "--kill-child=SIGKILL",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--cgroup",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            JAIL_INIT,
+            "jail-init",
+        ])
+        .arg(&image)
+        .arg(&root)
+        .arg(&vmm_dir)
+        .arg(agent_bin)
+        .args(["--init", "--unix", JAIL_SOCKET, "--hostname", JAIL_HOSTNAME])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("VMM_AGENT_LOG", level)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+        jail.unshare = Some(spawn_tied(cmd).expect("cannot run unshare"));
 
         let deadline = Instant::now() + START_TIMEOUT;
         while !jail.socket.exists() {
@@ -195,11 +200,6 @@ impl Jail {
     /// The agent's socket, as seen from the host.
     pub fn socket_path(&self) -> &Path {
         &self.socket
-    }
-
-    /// The jail's root directory (the mounted image copy), as seen from the host.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// What the agent has logged so far.
@@ -259,53 +259,57 @@ impl Jail {
         }
         let _ = child.wait();
     }
-
-    fn unmount(&mut self) {
-        if !self.mounted {
-            return;
-        }
-        // The jail's mount namespace may take a moment to let go of the image.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let ok = Command::new("umount")
-                .arg(&self.root)
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                self.mounted = false;
-                return;
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let lazy = Command::new("umount")
-            .arg("-l")
-            .arg(&self.root)
-            .status()
-            .is_ok_and(|s| s.success());
-        if lazy {
-            self.mounted = false;
-        } else {
-            eprintln!("jail: cannot unmount {}", self.root.display());
-        }
-    }
 }
 
 impl Drop for Jail {
     fn drop(&mut self) {
+        // The mounts go with the jail's mount namespace; the directory goes with `dir`.
         self.kill();
-        self.unmount();
-        if self.mounted || is_mount_point(&self.root) {
-            // Never recurse into a still-mounted image.
-            if let Some(dir) = self.dir.take() {
-                let kept = dir.keep();
-                eprintln!("jail: left {} behind (still mounted)", kept.display());
-            }
-        }
     }
+}
+
+/// Spawns `cmd` so that it gets SIGKILL when this process dies, however it dies.
+/// PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, so all such
+/// children are forked by one thread that lives as long as the process.
+pub fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure only calls prctl, getppid and raise,
+    // which are async-signal-safe, and touches no memory but a copied integer.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl took effect.
+            if libc::getppid() as u32 != parent {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("tied-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, reply_tx))
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
 }
 
 /// Runs a set-up command, panicking with its output when it fails.
@@ -361,30 +365,6 @@ fn check_static(bin: &Path) {
     );
 }
 
-/// Copies the agent to the image's /sbin/vmm-agent (following a /sbin -> usr/sbin link
-/// inside the image, never out of it).
-fn install_agent(root: &Path, agent_bin: &Path) {
-    let mut sbin = root.join("sbin");
-    if let Ok(target) = fs::read_link(&sbin) {
-        let rel = target
-            .strip_prefix("/")
-            .map(Path::to_path_buf)
-            .unwrap_or(target);
-        assert!(
-            !rel.components()
-                .any(|c| c == std::path::Component::ParentDir),
-            "the image's /sbin points outside the image"
-        );
-        sbin = root.join(rel);
-    }
-    fs::create_dir_all(&sbin).expect("create /sbin in the image");
-    let dest = sbin.join("vmm-agent");
-    let _ = fs::remove_file(&dest);
-    fs::copy(agent_bin, &dest)
-        .unwrap_or_else(|e| panic!("cannot copy {} into the image: {e}", agent_bin.display()));
-    fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).expect("chmod the agent");
-}
-
 /// Pids whose parent is `parent` (from /proc/*/stat).
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -400,20 +380,4 @@ fn children_of(parent: u32) -> Vec<u32> {
         (ppid == parent).then_some(pid)
     })
     .collect()
-}
-
-/// Whether `path` is a mount point in this mount namespace.
-fn is_mount_point(path: &Path) -> bool {
-    let Ok(canon) = path.canonicalize() else {
-        return false;
-    };
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = canon.to_string_lossy().into_owned();
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(4)
-            .is_some_and(|mp| mp.replace("\\040", " ") == want)
-    })
 }

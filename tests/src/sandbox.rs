@@ -113,12 +113,11 @@ impl Sandbox {
                 Ok(())
             });
         }
-        let process = cmd
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("vmm starts");
+            .stderr(Stdio::inherit());
+        // Dies with this process even when it is SIGKILLed (no Drop runs then).
+        let process = crate::jail::spawn_tied(cmd).expect("vmm starts");
         drop(ready_write);
         let ready_line = read_ready_line(ready_read);
         Self {

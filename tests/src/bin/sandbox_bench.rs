@@ -146,7 +146,9 @@ async fn sandbox_throughput(sb: &Sandbox) -> f64 {
 
 fn ready_ms(line: &str) -> f64 {
     let ready: serde_json::Value = serde_json::from_str(line).expect("a JSON readiness line");
-    ready["ready_ms"].as_f64().expect("ready_ms in the readiness line")
+    ready["ready_ms"]
+        .as_f64()
+        .expect("ready_ms in the readiness line")
 }
 
 #[tokio::main(flavor = "current_thread")]
