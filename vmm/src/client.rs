@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use agent::api::sandbox_client::SandboxClient;
 use agent::api::{
-    exec_event, exec_request, Attach, ExecEvent, ExecRequest, StartExec, StatusRequest,
-    StatusResponse, TerminateRequest,
+    exec_event, exec_request, Attach, ExecEvent, ExecRequest, ExecStarted, StartExec,
+    StatusRequest, StatusResponse, TerminateRequest,
 };
 use agent::connect::Address;
 use agent::pb::{self, ExecStart, Exited};
@@ -18,6 +18,8 @@ use tonic::{Status, Streaming};
 
 /// File transfer chunk size.
 const FILE_CHUNK: usize = 256 << 10;
+/// Requests (stdin chunks, signals, resizes) queued toward one exec.
+const INPUT_QUEUE: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -94,29 +96,29 @@ impl Client {
             .into_inner())
     }
 
-    /// Opens an exec stream whose first requests are `initial` (start or attach first).
+    /// Opens an exec stream whose first requests are `initial` (start or attach first);
+    /// more input can follow through the session.
     async fn open(&self, initial: Vec<exec_request::Request>) -> Result<ExecSession, ClientError> {
-        let (tx, rx) = mpsc::channel(16.max(initial.len()));
-        for r in initial {
-            tx.send(request(r))
-                .await
-                .map_err(|_| ClientError::Protocol("input closed".into()))?;
-        }
-        let mut events = self
-            .api
-            .clone()
-            .exec(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let (tx, rx) = queued(initial);
+        let (started, events) = self.call(rx).await?;
+        Ok(ExecSession {
+            exec_id: started.exec_id,
+            pid: started.pid,
+            input: tx,
+            events,
+        })
+    }
+
+    /// Sends an exec stream's requests and waits for its `started` event.
+    async fn call(
+        &self,
+        requests: ReceiverStream<ExecRequest>,
+    ) -> Result<(ExecStarted, Streaming<ExecEvent>), ClientError> {
+        let mut events = self.api.clone().exec(requests).await?.into_inner();
         match events.message().await? {
             Some(ExecEvent {
                 event: Some(exec_event::Event::Started(s)),
-            }) => Ok(ExecSession {
-                exec_id: s.exec_id,
-                pid: s.pid,
-                input: tx,
-                events,
-            }),
+            }) => Ok((s, events)),
             other => Err(ClientError::Protocol(format!(
                 "expected `started`, got {other:?}"
             ))),
@@ -157,7 +159,7 @@ impl Client {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        // Stdin and its end travel with the start, in one write instead of three.
+        // Stdin, its end and the end of all input travel with the start, in one write.
         let mut initial = vec![exec_request::Request::Start(StartExec {
             process: Some(process),
             exec_id: String::new(),
@@ -168,8 +170,10 @@ impl Client {
             )));
         }
         initial.push(exec_request::Request::CloseStdin(pb::CloseStdin {}));
-        let session = self.open(initial).await?;
-        collect(session).await
+        let (tx, rx) = queued(initial);
+        drop(tx);
+        let (_, events) = self.call(rx).await?;
+        collect_events(events).await
     }
 
     /// Streams `reader` into `path` in the sandbox with `mode` (0 = 0644).
@@ -259,10 +263,27 @@ impl Client {
     }
 }
 
-/// Reads a session's events to the end.
-pub async fn collect(mut session: ExecSession) -> Result<ExecOutput, ClientError> {
+/// A request channel already holding `initial`.
+fn queued(
+    initial: Vec<exec_request::Request>,
+) -> (mpsc::Sender<ExecRequest>, ReceiverStream<ExecRequest>) {
+    let (tx, rx) = mpsc::channel(INPUT_QUEUE.max(initial.len()));
+    for r in initial {
+        // The channel has room for all of them.
+        let _ = tx.try_send(request(r));
+    }
+    (tx, ReceiverStream::new(rx))
+}
+
+/// Reads a session's events up to its exit.
+pub async fn collect(session: ExecSession) -> Result<ExecOutput, ClientError> {
+    collect_events(session.events).await
+}
+
+/// Reads an exec's events up to its exit.
+async fn collect_events(mut events: Streaming<ExecEvent>) -> Result<ExecOutput, ClientError> {
     let mut out = ExecOutput::default();
-    while let Some(ev) = session.events.message().await? {
+    while let Some(ev) = events.message().await? {
         match ev.event {
             Some(exec_event::Event::Stdout(o)) => out.stdout.extend_from_slice(&o.data),
             Some(exec_event::Event::Stderr(o)) => out.stderr.extend_from_slice(&o.data),
