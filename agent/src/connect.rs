@@ -10,6 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::socket::Socket;
+
 /// Longest `OK <port>\n` answer we accept.
 const MAX_HANDSHAKE_LINE: usize = 32;
 /// Per-stream and per-connection HTTP/2 windows: large enough that one paused stream
@@ -52,15 +54,19 @@ impl std::fmt::Display for Address {
 }
 
 /// Opens one byte stream to `address` (handshake included for vsock).
-pub async fn open_stream(address: &Address) -> Result<UnixStream, ConnectError> {
-    match address {
-        Address::Unix(path) => connect_unix(path).await,
+pub async fn open_stream(address: &Address) -> Result<Socket, ConnectError> {
+    let (path, stream) = match address {
+        Address::Unix(path) => (path, connect_unix(path).await?),
         Address::HybridVsock { uds, port } => {
             let mut stream = connect_unix(uds).await?;
             handshake(&mut stream, uds, *port).await?;
-            Ok(stream)
+            (uds, stream)
         }
-    }
+    };
+    Socket::from_unix(stream).map_err(|source| ConnectError::Socket {
+        path: path.clone(),
+        source,
+    })
 }
 
 async fn connect_unix(path: &Path) -> Result<UnixStream, ConnectError> {

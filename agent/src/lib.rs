@@ -2,6 +2,7 @@
 //! [`pb`] (host <-> agent) and [`api`] (orchestrator <-> vmm), generated from agent/proto.
 
 pub mod connect;
+pub mod socket;
 
 /// Generated code; module paths mirror the protobuf packages so cross-package
 /// references resolve.

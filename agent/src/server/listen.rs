@@ -1,7 +1,7 @@
 //! Where connections come from: AF_VSOCK inside a VM, a Unix socket in the test jail.
 //! Both become a stream of accepted connections for tonic's `serve_with_incoming`.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use super::fdio::FdIo;
+use agent::socket::Socket;
 
 /// Accepted connections, in the shape `serve_with_incoming` wants.
 pub type Incoming<T> = ReceiverStream<io::Result<T>>;
@@ -34,7 +34,7 @@ pub struct VsockPeer {
 
 /// An accepted AF_VSOCK stream.
 pub struct VsockStream {
-    io: FdIo,
+    io: Socket,
     peer: VsockPeer,
 }
 
@@ -63,6 +63,18 @@ impl AsyncWrite for VsockStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -131,7 +143,7 @@ fn vsock_accept(listener: &OwnedFd) -> io::Result<VsockStream> {
     // SAFETY: accept4 returned a new descriptor owned by nobody else.
     let conn = unsafe { OwnedFd::from_raw_fd(fd) };
     Ok(VsockStream {
-        io: FdIo::new(conn)?,
+        io: Socket::new(conn)?,
         peer: VsockPeer {
             cid: addr.svm_cid,
             port: addr.svm_port,
@@ -172,7 +184,7 @@ pub fn vsock(port: u32) -> io::Result<Incoming<VsockStream>> {
 }
 
 /// Listens on a Unix socket at `path` (replacing a stale one), mode 0600.
-pub fn unix(path: &Path) -> io::Result<Incoming<UnixStream>> {
+pub fn unix(path: &Path) -> io::Result<Incoming<Socket>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -186,7 +198,10 @@ pub fn unix(path: &Path) -> io::Result<Incoming<UnixStream>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         loop {
-            let accepted = listener.accept().await.map(|(s, _)| s);
+            let accepted = listener
+                .accept()
+                .await
+                .and_then(|(s, _)| Socket::from_unix(s));
             let failed = accepted.is_err();
             if let Err(e) = &accepted {
                 log::warn!("unix accept: {e}");
@@ -206,6 +221,7 @@ pub fn unix(path: &Path) -> io::Result<Incoming<UnixStream>> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
 
     fn socketpair() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
@@ -227,11 +243,11 @@ mod tests {
     async fn stream_wrapper_reads_writes_and_shuts_down() {
         let (a, b) = socketpair();
         let mut a = VsockStream {
-            io: FdIo::new(a).unwrap(),
+            io: Socket::new(a).unwrap(),
             peer: VsockPeer { cid: 3, port: 5 },
         };
         let mut b = VsockStream {
-            io: FdIo::new(b).unwrap(),
+            io: Socket::new(b).unwrap(),
             peer: VsockPeer { cid: 2, port: 6 },
         };
         assert_eq!(a.connect_info().cid, 3);

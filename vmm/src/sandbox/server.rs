@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use agent::api::sandbox_server::SandboxServer;
 use agent::connect::{CONNECTION_WINDOW, STREAM_WINDOW};
+use agent::socket::Socket;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
@@ -69,13 +70,15 @@ pub async fn serve(
     supervisor: Arc<Supervisor>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
-    let incoming = UnixListenerStream::new(listener).filter(|conn| match conn {
-        Ok(stream) if !peer_allowed(stream) => {
-            log::warn!("API: refused a connection from another user");
-            false
-        }
-        _ => true,
-    });
+    let incoming = UnixListenerStream::new(listener)
+        .filter(|conn| match conn {
+            Ok(stream) if !peer_allowed(stream) => {
+                log::warn!("API: refused a connection from another user");
+                false
+            }
+            _ => true,
+        })
+        .map(|conn| conn.and_then(Socket::from_unix));
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
