@@ -88,9 +88,16 @@ impl Exec {
 /// Finished execs (and their retained output) kept for status and re-attach; beyond
 /// this, the longest-finished are forgotten so a long-lived sandbox stays bounded.
 pub const MAX_FINISHED_EXECS: usize = 128;
+/// Forgetting waits until this many more execs have accumulated, so the scan it takes
+/// runs once per that many execs rather than on every one.
+const FORGET_SLACK: usize = 32;
 
-/// Drops the longest-finished execs beyond `MAX_FINISHED_EXECS`.
+/// Drops the longest-finished execs beyond `MAX_FINISHED_EXECS`, once there are
+/// `FORGET_SLACK` more execs than that.
 pub fn forget_old(execs: &mut std::collections::HashMap<String, Arc<Exec>>) {
+    if execs.len() <= MAX_FINISHED_EXECS + FORGET_SLACK {
+        return;
+    }
     let mut finished: Vec<(std::time::Instant, String)> = execs
         .values()
         .filter_map(|e| lock(&e.state).finished_at.map(|t| (t, e.id.clone())))
@@ -98,7 +105,7 @@ pub fn forget_old(execs: &mut std::collections::HashMap<String, Arc<Exec>>) {
     if finished.len() <= MAX_FINISHED_EXECS {
         return;
     }
-    finished.sort();
+    finished.sort_unstable();
     let excess = finished.len() - MAX_FINISHED_EXECS;
     for (_, id) in finished.into_iter().take(excess) {
         execs.remove(&id);
@@ -270,19 +277,30 @@ mod tests {
     fn only_the_longest_finished_execs_are_forgotten() {
         let mut execs = std::collections::HashMap::new();
         let now = std::time::Instant::now();
-        for i in 0..(MAX_FINISHED_EXECS + 10) {
+        let add = |execs: &mut std::collections::HashMap<_, _>, i: usize, finished: bool| {
             let (tx, _) = mpsc::channel(1);
             let e = Arc::new(Exec::new(format!("e{i}"), vec![], 1, tx));
-            if i >= 5 {
+            if finished {
                 lock(&e.state).finished_at = Some(now + std::time::Duration::from_millis(i as u64));
             }
             execs.insert(e.id.clone(), e);
+        };
+        // 5 running, then finished ones up to the slack: nothing is forgotten yet.
+        for i in 0..5 {
+            add(&mut execs, i, false);
+        }
+        for i in 5..(MAX_FINISHED_EXECS + FORGET_SLACK) {
+            add(&mut execs, i, true);
         }
         forget_old(&mut execs);
-        // The 5 running ones stay, and the newest MAX_FINISHED_EXECS finished ones.
+        assert_eq!(execs.len(), MAX_FINISHED_EXECS + FORGET_SLACK);
+        // One more: the running ones stay, and the newest MAX_FINISHED_EXECS finished.
+        add(&mut execs, MAX_FINISHED_EXECS + FORGET_SLACK, true);
+        forget_old(&mut execs);
         assert_eq!(execs.len(), 5 + MAX_FINISHED_EXECS);
         assert!(execs.contains_key("e0") && execs.contains_key("e4"));
-        assert!(!execs.contains_key("e5") && !execs.contains_key("e9"));
-        assert!(execs.contains_key("e10"));
+        let oldest_kept = MAX_FINISHED_EXECS + FORGET_SLACK + 1 - MAX_FINISHED_EXECS;
+        assert!(!execs.contains_key(&format!("e{}", oldest_kept - 1)));
+        assert!(execs.contains_key(&format!("e{oldest_kept}")));
     }
 }
