@@ -38,7 +38,8 @@ impl tonic::transport::server::Connected for Socket {
     }
 }
 
-fn nonblocking(fd: RawFd) -> io::Result<()> {
+/// Sets O_NONBLOCK on `fd`.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor the caller owns; F_GETFL/F_SETFL touch no memory.
     unsafe {
         let flags = libc::fcntl(fd, libc::F_GETFL);
@@ -77,7 +78,7 @@ fn send(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 impl Socket {
     /// Takes over a connected stream socket (made non-blocking here).
     pub fn new(fd: OwnedFd) -> io::Result<Socket> {
-        nonblocking(fd.as_raw_fd())?;
+        set_nonblocking(fd.as_raw_fd())?;
         Ok(Socket {
             io: register(fd, Interest::READABLE)?,
             write_wait: None,

@@ -1,14 +1,12 @@
-//! Non-blocking file descriptors (pipes, PTY masters, vsock sockets) driven by tokio's
-//! reactor through `AsyncFd`, with plain `read(2)`/`write(2)`.
+//! Non-blocking pipes and PTY masters driven by tokio's reactor through `AsyncFd`, with
+//! plain `read(2)`/`write(2)`.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::Interest;
 
 /// Creates a pipe, both ends close-on-exec: `(read end, write end)`.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -28,28 +26,6 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Capacity asked for process pipes.
 const PIPE_SIZE: libc::c_int = 1 << 20;
-
-/// Sets O_NONBLOCK on `fd`.
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor the caller owns; F_GETFL/F_SETFL touch no memory.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-fn sys_read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
 
 fn sys_write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration of the call.
@@ -71,7 +47,7 @@ pub struct FdIo {
 impl FdIo {
     /// Registers `fd` (made non-blocking) with the reactor.
     pub fn new(fd: OwnedFd) -> io::Result<FdIo> {
-        set_nonblocking(fd.as_raw_fd())?;
+        agent::socket::set_nonblocking(fd.as_raw_fd())?;
         // SAFETY: the OwnedFd is owned by the AsyncFd for its whole life, so the
         // descriptor stays open and refers to the same file description.
         let fd = unsafe { AsyncFd::register(fd) }?;
@@ -124,78 +100,21 @@ impl AsRawFd for FdIo {
     }
 }
 
-impl AsyncRead for FdIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match guard.try_io(|fd| sys_read(fd.as_raw_fd(), unfilled)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for FdIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| sys_write(fd.as_raw_fd(), buf)) {
-                Ok(result) => return Poll::Ready(result),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // SAFETY: shutdown(2) on a descriptor we own; it touches no memory.
-        let rc = unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            // Not a socket (pipe, PTY) or already disconnected: nothing to shut down.
-            if !matches!(
-                err.raw_os_error(),
-                Some(libc::ENOTSOCK) | Some(libc::ENOTCONN)
-            ) {
-                return Poll::Ready(Err(err));
-            }
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn pipe_round_trip_and_eof() {
         let (r, w) = pipe().unwrap();
-        let mut r = FdIo::new(r).unwrap();
+        let r = FdIo::new(r).unwrap();
         let w = FdIo::new(w).unwrap();
         w.write_all(b"hello").await.unwrap();
         drop(w);
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).await.unwrap();
-        assert_eq!(out, b"hello");
+        let mut out = BytesMut::new();
+        assert_eq!(r.read_buf(&mut out, 64).await.unwrap(), 5);
+        assert_eq!(r.read_buf(&mut out, 64).await.unwrap(), 0, "EOF");
+        assert_eq!(&out[..], b"hello");
     }
 
     #[tokio::test]
