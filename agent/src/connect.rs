@@ -126,3 +126,65 @@ pub async fn channel(address: Address) -> Result<Channel, ConnectError> {
         .await?;
     Ok(channel)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    /// A stand-in for the vsock device's Unix socket: answers the CONNECT line with
+    /// `answer`, then echoes.
+    fn fake_device(path: &Path, answer: &'static [u8]) -> tokio::task::JoinHandle<String> {
+        let listener = UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut line = Vec::new();
+            while line.last() != Some(&b'\n') {
+                line.push(s.read_u8().await.unwrap());
+            }
+            s.write_all(answer).await.unwrap();
+            let mut buf = [0u8; 4];
+            if s.read_exact(&mut buf).await.is_ok() {
+                s.write_all(&buf).await.unwrap();
+            }
+            String::from_utf8(line).unwrap()
+        })
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_handshake_keeps_the_bytes_after_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        // The answer and the first protocol bytes arrive in one write.
+        let device = fake_device(&uds, b"OK 4242\nhello");
+        let address = Address::HybridVsock {
+            uds: uds.clone(),
+            port: 1024,
+        };
+        let mut s = open_stream(&address).await.unwrap();
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        s.write_all(b"ping").await.unwrap();
+        let mut echo = [0u8; 4];
+        s.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"ping");
+        assert_eq!(device.await.unwrap(), "CONNECT 1024\n");
+    }
+
+    #[tokio::test]
+    async fn a_refused_hybrid_vsock_connect_is_a_handshake_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let _device = fake_device(&uds, b"NO\n");
+        let address = Address::HybridVsock { uds, port: 9 };
+        match open_stream(&address).await {
+            Err(ConnectError::Handshake { reason, .. }) => {
+                assert!(reason.contains("unexpected answer"), "{reason}")
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a refused connect succeeded"),
+        }
+    }
+}
