@@ -90,30 +90,6 @@ impl Socket {
         Socket::new(OwnedFd::from(stream.into_std()?))
     }
 
-    /// The Unix peer's credentials.
-    pub fn peer_uid(&self) -> io::Result<libc::uid_t> {
-        let mut cred = libc::ucred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: SO_PEERCRED writes a `ucred` of `len` bytes to the valid local.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.io.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(cred.uid)
-    }
-
     /// Tries `send` now; while it would block, waits for writability on the duplicate.
     fn poll_send(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         loop {

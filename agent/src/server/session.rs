@@ -31,7 +31,7 @@ pub const CHUNK: usize = 256 * 1024;
 /// buffer costs page faults on every exec; reads that fill the buffer double it.
 const FIRST_READ: usize = 16 * 1024;
 /// Output messages buffered per exec between its pipes and the response stream.
-pub const OUTPUT_QUEUE: usize = 4;
+const OUTPUT_QUEUE: usize = 4;
 /// Stdin bytes held while the process does not read them; more input waits (flow
 /// control back to the client), signals still get through up to this point.
 const MAX_PENDING_STDIN: usize = 256 * 1024;
