@@ -4,8 +4,9 @@
 #   make kernel     build/vmlinux + build/bzImage (cached in ~/.cache/vmm)
 #   make agent      the static guest agent
 #   make rootfs     build/rootfs.ext4 with the agent (cached)
-#   make test       lint + unit + integration tests (tiers 0-3; tier 3 skips where
-#                   `vmm doctor` says Linux cannot boot)
+#   make test       lint + unit + integration tests (tiers 0-3; tier 3 in the emulated
+#                   KVM host where `vmm doctor` says Linux cannot boot directly)
+#   make test-tier3 only the real-Linux-guest tests
 #   make bench      start-up/RSS against QEMU microvm, virtio-blk against pread/pwrite
 #   make demo       boot the default guest, or the tiny-guest self-check where Linux
 #                   cannot boot (it says which)
@@ -15,12 +16,13 @@ CARGO ?= cargo
 AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BIN := $(CURDIR)/target/$(AGENT_TARGET)/release/vmm-agent
 AGENT ?= $(AGENT_BIN)
-# Debian packages the tests and benchmarks use (the image scripts install their own).
-TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs protobuf-compiler
+# Debian packages the tests and benchmarks use (the image scripts install their own;
+# cpio and kmod build the emulated KVM host's initramfs).
+TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs protobuf-compiler cpio kmod
 
 include mk/images.mk
 
-.PHONY: all build deps lint test bench demo clean agent
+.PHONY: all build deps lint test test-tier3 bench demo clean agent
 
 # The image needs the agent it runs.
 rootfs: agent
@@ -52,11 +54,16 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The integration tests drive the vmm binary of the same profile, so build it first.
-# Tier 3 runs on its own, uncaptured, so its skip reason is always visible.
-test: deps lint rootfs-selftest agent rootfs
+# Tier 3 boots real Linux guests: directly where `vmm doctor` says they boot, else in
+# the emulated KVM host (tests/nested/run), booted once for all of them.
+test: deps lint rootfs-selftest agent kernel rootfs
 	$(CARGO) build -p vmm
 	$(CARGO) test --workspace -- --test-threads=2 --skip tier3_
-	$(CARGO) test -p vmm-tests --tests -- --nocapture tier3_
+	CARGO=$(CARGO) tests/run-tier3
+
+# Only the tier-3 tests (real Linux guests), e.g. after changing the kernel or rootfs.
+test-tier3: deps agent kernel rootfs
+	CARGO=$(CARGO) tests/run-tier3
 
 bench: deps agent rootfs
 	$(CARGO) build --release -p vmm -p vmm-tests --bins

@@ -61,6 +61,26 @@ pub fn vm_unavailable() -> Option<String> {
     )
 }
 
+/// Set by `make test` where it runs tier 3 (directly or in the emulated KVM host): a
+/// tier-3 test that cannot boot its guest then fails instead of skipping.
+pub const REQUIRE_TIER3_VAR: &str = "VMM_REQUIRE_TIER3";
+
+/// True when tier-3 test `test` must be skipped here; it then prints why. Where
+/// VMM_REQUIRE_TIER3 is set it panics instead: nothing skips silently.
+pub fn skip_tier3(test: &str) -> bool {
+    let Some(reason) = vm_unavailable() else {
+        return false;
+    };
+    assert!(
+        std::env::var_os(REQUIRE_TIER3_VAR).is_none(),
+        "tier-3 test {test} cannot boot a Linux guest here: {reason}"
+    );
+    eprintln!(
+        "SKIPPED tier 3 (Linux guest) {test}: {reason}; `make test` runs it in the emulated KVM host"
+    );
+    true
+}
+
 impl Sandbox {
     pub fn start(backend: Backend) -> Self {
         Self::start_with(backend, &[])
@@ -127,6 +147,11 @@ impl Sandbox {
             ready_line,
             _jail: jail,
         }
+    }
+
+    /// True for a Linux VM, false for the test jail.
+    pub fn is_vm(&self) -> bool {
+        self._jail.is_none()
     }
 
     /// The jail running the agent (jail backend only).

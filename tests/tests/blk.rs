@@ -325,3 +325,14 @@ fn rootfs_is_the_first_device_with_id_rootfs() {
     assert_eq!(blk_value(g, 0, "id"), "rootfs");
     assert_eq!(blk_value(g, 1, "id"), "drive1");
 }
+
+/// A disk that is a block device (a loop device here) is sized by its end offset, not by
+/// st_size, which is 0 for a device.
+#[test]
+fn capacity_of_a_block_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = pattern_disk(dir.path(), "backing.img", 2048);
+    let loop_dev = disk::LoopDevice::attach(&path);
+    let out = Vmm::guest(TINY_ELF, "blk").drive(loop_dev.path()).run();
+    assert_eq!(blk_num(out.assert_passed(), 0, "capacity"), 2048);
+}

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::sandbox::{repo_file, vm_unavailable};
+use vmm_tests::sandbox::{repo_file, skip_tier3};
 use vmm_tests::Vmm;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -21,8 +21,7 @@ echo tier3-synced-data > /synced.txt && sync && echo SYNCED-$((40+2))
 
 #[test]
 fn tier3_linux_boots_to_user_space_with_smp_memory_loop_mounts_and_durable_writes() {
-    if let Some(reason) = vm_unavailable() {
-        eprintln!("SKIPPED tier 3 (Linux guest): {reason}");
+    if skip_tier3("linux_boots_to_user_space") {
         return;
     }
     let (kernel, rootfs) = (repo_file("build/vmlinux"), repo_file("build/rootfs.ext4"));

@@ -2,7 +2,7 @@
 //! before any VM is created. Errors name the file, key or flag at fault.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
 use devices::virtio::block::BlockConfig;
@@ -428,9 +428,12 @@ fn check_file(what: &'static str, path: &Path, disk: bool) -> Result<u64, Config
     if meta.is_dir() {
         return Err(bad(what, path, "is a directory"));
     }
-    File::open(path).map_err(|e| bad(what, path, e.to_string()))?;
-    let size = meta.len();
-    if size == 0 && meta.is_file() {
+    let file = File::open(path).map_err(|e| bad(what, path, e.to_string()))?;
+    // The end offset sizes block devices as well as files (st_size is 0 for a device).
+    let size = (&file)
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(|e| bad(what, path, e.to_string()))?;
+    if size == 0 {
         return Err(bad(what, path, "is empty"));
     }
     if disk && size % 512 != 0 {

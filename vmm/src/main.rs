@@ -226,13 +226,17 @@ where
             return cli::EXIT_CLIENT_ERROR;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let client = match cli::connect(api).await {
             Ok(c) => c,
             Err(e) => return cli::report(&e),
         };
         f(client).await.unwrap_or_else(|e| cli::report(&e))
-    })
+    });
+    // A blocking read of our stdin may still be pending (the process exited before its
+    // stdin ended): dropping the runtime would wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 fn supervise(args: SuperviseArgs) -> anyhow::Result<i32> {
@@ -283,8 +287,7 @@ fn main() -> ExitCode {
             let code = client_command(&args.api.api_sock, |c| async move {
                 cli::exec::run(&c, opts).await
             });
-            // Exit now: a blocking stdin read may still be pending in the runtime.
-            std::process::exit(code)
+            code
         }
         Command::Shell { api } => {
             let opts = cli::exec::ExecOptions {
@@ -295,11 +298,10 @@ fn main() -> ExitCode {
                 tty: true,
                 timeout: None,
             };
-            let code = client_command(
+            client_command(
                 &api.api_sock,
                 |c| async move { cli::exec::run(&c, opts).await },
-            );
-            std::process::exit(code)
+            )
         }
         Command::Cp { api, from, to } => client_command(&api.api_sock, |c| async move {
             let (from, to) = (

@@ -2,7 +2,7 @@
 //! copy-on-write layers implement the same trait.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 
 use vm_memory::VolatileSlice;
@@ -31,7 +31,9 @@ pub struct RawFile {
 
 impl RawFile {
     pub fn new(file: File) -> io::Result<Self> {
-        let size = file.metadata()?.len();
+        // Seeking to the end sizes block devices too (their st_size is 0); positional
+        // I/O never uses the file offset.
+        let size = (&file).seek(SeekFrom::End(0))?;
         Ok(Self { file, size })
     }
 
