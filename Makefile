@@ -8,8 +8,9 @@
 #                   KVM host where `vmm doctor` says Linux cannot boot directly)
 #   make test-tier3 only the real-Linux-guest tests
 #   make bench      start-up/RSS against QEMU microvm, virtio-blk against pread/pwrite
-#   make demo       boot the default guest, or the tiny-guest self-check where Linux
-#                   cannot boot (it says which)
+#   make demo       the loop-mount example in a real VM (inside the emulated KVM host
+#                   where Linux cannot boot directly; it says which)
+#   make demo-jail  the same example in the test jail
 
 CARGO ?= cargo
 # The guest agent: a static binary (glibc, crt-static) that goes into every rootfs.
@@ -22,7 +23,7 @@ TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs protobuf-compiler cpio kmod
 
 include mk/images.mk
 
-.PHONY: all build deps lint test test-tier3 bench demo clean agent
+.PHONY: all build deps lint test test-tier3 bench demo demo-jail clean agent
 
 # The image needs the agent it runs.
 rootfs: agent
@@ -71,11 +72,25 @@ bench: deps agent rootfs
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/startup_bench
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/sandbox_bench
 
-demo: deps agent rootfs
+# The seed's loop-mount example in a real VM: directly where Linux boots, else inside
+# the emulated KVM host (it says which).
+demo: deps agent kernel rootfs
 	$(CARGO) build --release -p vmm -p vmm-tests --bins
-	@if target/release/vmm doctor --json | grep -q '"linux_guests_boot":true'; then \
-		$(MAKE) --no-print-directory kernel; fi
-	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/demo
+	@doctor=$$(target/release/vmm doctor --json); \
+	if echo "$$doctor" | grep -q '"linux_guests_boot":true'; then \
+		echo "== this host boots Linux guests: the demo runs in a VM here =="; \
+		VMM_BIN=$(CURDIR)/target/release/vmm target/release/demo vm; \
+	elif echo "$$doctor" | grep -q '"linux_guests_boot_emulated":true'; then \
+		echo "== this host cannot boot Linux guests directly ($$(target/release/vmm doctor | sed -n 's/^Linux guests boot: no: //p')): the demo runs in a real VM inside the emulated KVM host (tests/nested/run) =="; \
+		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/demo vm; \
+	else \
+		target/release/vmm doctor; echo "demo: no Linux guest can boot here; try make demo-jail" >&2; exit 1; \
+	fi
+
+# The same example in the test jail (no VM).
+demo-jail: deps agent rootfs
+	$(CARGO) build --release -p vmm -p vmm-tests --bins
+	VMM_BIN=$(CURDIR)/target/release/vmm target/release/demo jail
 
 clean:
 	$(CARGO) clean

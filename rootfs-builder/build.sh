@@ -6,7 +6,8 @@ set -euo pipefail
 suite=bookworm
 # minbase has no init; systemd-sysv provides /sbin/init for images booted without the
 # agent as PID 1 (and systemd is something guests are expected to run).
-packages=(bash coreutils util-linux mount e2fsprogs procps iproute2 ca-certificates systemd-sysv)
+# socat speaks AF_VSOCK (VSOCK-CONNECT / VSOCK-LISTEN) for guest-side vsock work.
+packages=(bash coreutils util-linux mount e2fsprogs procps iproute2 ca-certificates systemd-sysv socat)
 mirror=${VMM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 cache=${VMM_CACHE_DIR:-$HOME/.cache/vmm}/rootfs
 hostname=vmm-guest

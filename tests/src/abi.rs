@@ -12,7 +12,8 @@ pub const HIGH_RAM: u64 = 0x1_0000_0000;
 pub const CODE64_SELECTOR: u64 = 0x08;
 pub const DATA_SELECTOR: u64 = 0x10;
 pub const LAPIC: u64 = 0xfee0_0000;
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+pub const BASE_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
 
 pub const E820_RAM: u32 = 1;
 pub const E820_RESERVED: u32 = 2;

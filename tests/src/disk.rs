@@ -58,6 +58,38 @@ pub fn write_pattern() -> Vec<u8> {
         .collect()
 }
 
+/// A loop device over an image file, detached on drop (`losetup`, needs root).
+pub struct LoopDevice(PathBuf);
+
+impl LoopDevice {
+    pub fn attach(image: &Path) -> Self {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image)
+            .output()
+            .expect("losetup runs");
+        assert!(
+            out.status.success(),
+            "losetup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .arg("--detach")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,37 +123,5 @@ mod tests {
         let w = write_pattern();
         assert_eq!(w.len(), 512);
         assert!(w.starts_with(b"vmm-test-write-vmm"));
-    }
-}
-
-/// A loop device over an image file, detached on drop (`losetup`, needs root).
-pub struct LoopDevice(PathBuf);
-
-impl LoopDevice {
-    pub fn attach(image: &Path) -> Self {
-        let out = std::process::Command::new("losetup")
-            .args(["--find", "--show"])
-            .arg(image)
-            .output()
-            .expect("losetup runs");
-        assert!(
-            out.status.success(),
-            "losetup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .arg("--detach")
-            .arg(&self.0)
-            .status();
     }
 }

@@ -62,7 +62,8 @@ fn tier3_linux_boots_to_user_space_with_smp_memory_loop_mounts_and_durable_write
     assert!(console.contains("NPROC=2"), "{console}");
     let mem_kib: u64 = console
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
+        // The shell's prompt may precede the line ("# MemTotal: ...").
+        .find_map(|l| l.split_once("MemTotal:").map(|(_, v)| v))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no MemTotal in:\n{console}"));
     assert!(

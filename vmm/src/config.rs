@@ -14,7 +14,8 @@ use crate::arch::layout::{
 
 /// Kernel arguments every guest gets: serial console, reset through the i8042 on reboot,
 /// reboot one second after a panic (we report the panic first), no PCI bus to probe.
-pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+pub const BASE_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
 /// virtio-mmio devices fit the GSIs left after the legacy ones.
 pub const MAX_VIRTIO_DEVICES: usize = (MAX_IRQ - VIRTIO_IRQ_BASE + 1) as usize;
 
@@ -636,7 +637,7 @@ mod tests {
         let c = VmConfig::build(FileConfig::default(), flags).unwrap();
         assert_eq!(
             c.kernel_cmdline(),
-            "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw \
+            "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd root=/dev/vda rw \
              virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 quiet -- init-arg"
         );
         let flags = Overrides {

@@ -6,7 +6,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::{Bus, BusError};
-use devices::legacy::{Serial, I8042};
+use devices::legacy::{Cmos, Serial, I8042};
 use devices::virtio::block::{Block, BlockConfig, BlockError};
 use devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use devices::virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE};
@@ -17,7 +17,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::layout::{COM1_IRQ, COM1_PORT, I8042_PORT};
+use crate::arch::layout::{CMOS_PORT, COM1_IRQ, COM1_PORT, I8042_PORT};
 use crate::config::{virtio_slot, VsockSpec};
 use crate::console::{ConsoleInput, ConsoleOutput, ConsoleWatcher};
 use crate::exit::ExitReason;
@@ -26,6 +26,8 @@ use crate::exit::ExitReason;
 const COM1_PORT_LEN: u64 = 8;
 /// Data port 0x60 through command port 0x64.
 const I8042_PORT_LEN: u64 = 5;
+/// Index and data registers.
+const CMOS_PORT_LEN: u64 = 2;
 /// QueueNotify register offset in a virtio-mmio window.
 const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
 
@@ -149,6 +151,11 @@ impl Devices {
         )?;
         self.event_manager
             .add_subscriber(Arc::new(Mutex::new(ResetWatcher { reset, exit })));
+        self.pio.insert(
+            Arc::new(Mutex::new(Cmos::new())),
+            u64::from(CMOS_PORT),
+            CMOS_PORT_LEN,
+        )?;
         Ok(())
     }
 

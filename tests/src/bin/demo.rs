@@ -1,14 +1,14 @@
 //! `make demo`: the mission's own example through the sandbox API. Start a sandbox with
 //! 2 vCPUs and 4096 MiB, write a loop-mount script into it through the files API, run it
 //! with bash, print its stdout, stderr and exit code, then `df -h /mnt/loop`, terminate.
-//! In a VM where this host can boot Linux; otherwise in the test jail (the real agent as
-//! PID 1 of the real rootfs, in fresh namespaces), saying plainly which.
+//! `demo vm` uses a Linux VM (make demo runs it inside the emulated KVM host where this
+//! host cannot boot Linux directly); `demo jail` the test jail (the real agent as PID 1
+//! of the real rootfs, in fresh namespaces). It prints how long each stage took.
 
-use std::process::{Command, ExitCode};
-use std::time::Duration;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use vmm_tests::sandbox::{vm_unavailable, Backend, Sandbox};
-use vmm_tests::vmm_bin;
+use vmm_tests::sandbox::{Backend, Sandbox};
 
 const SCRIPT: &str = "truncate -s 100M /tmp/disk.img
 mkfs.ext4 -F /tmp/disk.img
@@ -24,30 +24,50 @@ fn print_block(title: &str, bytes: &[u8]) {
     }
 }
 
+/// Set by tests/nested/runjob: this process runs inside the emulated KVM host.
+const IN_EMULATED_HOST_VAR: &str = "VMM_IN_EMULATED_HOST";
+
+/// Seconds since this (virtual) machine booted.
+fn uptime_secs() -> Option<f64> {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `demo vm` or `demo jail` (make demo picks one from `vmm doctor`).
+fn backend_from_args() -> Option<Backend> {
+    match std::env::args().nth(1).as_deref() {
+        Some("vm") => Some(Backend::Vm),
+        Some("jail") => Some(Backend::Jail),
+        _ => None,
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
-    let backend = match vm_unavailable() {
-        None => {
+    let Some(backend) = backend_from_args() else {
+        eprintln!("usage: demo vm|jail");
+        return ExitCode::from(2);
+    };
+    match backend {
+        Backend::Vm => {
+            if std::env::var_os(IN_EMULATED_HOST_VAR).is_some() {
+                let up = uptime_secs().unwrap_or(0.0);
+                println!("stage: emulated KVM host up after {up:.1} s (its kernel's uptime)");
+            }
             println!(
                 "== Linux VM sandbox: build/vmlinux + build/rootfs.ext4, 2 vCPUs, 4096 MiB =="
             );
-            Backend::Vm
         }
-        Some(_) => {
-            println!("== This host cannot boot Linux guests. `vmm doctor` says: ==");
-            let doctor = Command::new(vmm_bin()).arg("doctor").output();
-            if let Ok(out) = doctor {
-                for line in String::from_utf8_lossy(&out.stdout).lines() {
-                    println!("  {line}");
-                }
-            }
-            println!("== So this demo runs the sandbox in the TEST JAIL, not a VM: the real agent");
-            println!(
-                "   as PID 1 of the real rootfs image, behind the same supervisor and API. =="
-            );
-            Backend::Jail
+        Backend::Jail => {
+            println!("== The sandbox runs in the TEST JAIL, not a VM: the real agent as PID 1 of");
+            println!("   the real rootfs image, behind the same supervisor and API. ==");
         }
-    };
+    }
+    let started = Instant::now();
     let sb = match tokio::task::spawn_blocking(move || Sandbox::start(backend)).await {
         Ok(sb) => sb,
         Err(e) => {
@@ -55,8 +75,25 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("ready: {}", sb.ready_line.trim());
+    println!(
+        "stage: VM ready after {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        sb.ready_line.trim()
+    );
     let c = sb.client().await;
+    if let Ok(about) = c
+        .run(
+            &[
+                "sh",
+                "-c",
+                "cat /proc/version; echo \"nproc: $(nproc)\"; grep MemTotal /proc/meminfo",
+            ],
+            b"",
+        )
+        .await
+    {
+        print_block("the sandbox", &about.stdout);
+    }
     let path = "/tmp/mount_loopback_filesystem.sh";
     if let Err(e) = c
         .write_file(
@@ -70,6 +107,7 @@ async fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!("wrote {path} through the files API");
+    let script_started = Instant::now();
     let run = match c.run(&["bash", path], b"").await {
         Ok(r) => r,
         Err(e) => {
@@ -80,6 +118,10 @@ async fn main() -> ExitCode {
     print_block("stdout", &run.stdout);
     print_block("stderr", &run.stderr);
     println!("--- exit code: {:?} ---", run.code());
+    println!(
+        "stage: script ran in {:.1} s",
+        script_started.elapsed().as_secs_f64()
+    );
     match c.run(&["df", "-h", "/mnt/loop"], b"").await {
         Ok(df) => print_block("df -h /mnt/loop", &df.stdout),
         Err(e) => eprintln!("demo: df failed: {e}"),

@@ -38,10 +38,11 @@ pub const VIRTIO_IRQ_BASE: u32 = 5;
 pub const MAX_IRQ: u32 = 23;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
-/// COM1 and the i8042 on port I/O.
+/// COM1, the i8042 and the CMOS clock on port I/O.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
+pub const CMOS_PORT: u16 = 0x70;
 /// Most vCPUs: the MP table must fit the 1 KiB EBDA.
 pub const MAX_VCPUS: u8 = 32;
 

@@ -1,0 +1,150 @@
+//! Tier 3, sandbox behaviours that only a real Linux guest has: its size, systemd as
+//! init, the VMM's exit status when the guest reboots or powers off, and vsock from
+//! inside the guest. (The e2e bodies shared with the test jail are in sandbox.rs.)
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use vmm::client::{Client, ExecOutput};
+use vmm_tests::sandbox::{skip_tier3, Backend, Sandbox};
+
+/// How long a guest may take to go down after it was asked to.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn start(extra: &'static [&'static str]) -> Sandbox {
+    tokio::task::spawn_blocking(move || Sandbox::start_with(Backend::Vm, extra))
+        .await
+        .unwrap()
+}
+
+async fn sh(c: &Client, script: &str) -> ExecOutput {
+    c.run(&["sh", "-c", script], b"").await.expect("exec")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `script`, which takes the guest down; the exec itself may be cut short.
+async fn bring_down(c: &Client, script: &str) {
+    let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, c.run(&["sh", "-c", script], b"")).await;
+}
+
+async fn exit_code(mut sb: Sandbox) -> Option<i32> {
+    tokio::task::spawn_blocking(move || sb.wait_exit(SHUTDOWN_TIMEOUT))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_the_vm_has_its_vcpus_and_memory() {
+    if skip_tier3("the_vm_has_its_vcpus_and_memory") {
+        return;
+    }
+    let sb = start(&[]).await;
+    let c = sb.client().await;
+    let out = text(
+        &sh(
+            &c,
+            "nproc; sed -n 's/^MemTotal: *\\([0-9]*\\) kB/\\1/p' /proc/meminfo",
+        )
+        .await
+        .stdout,
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("2"), "{out}");
+    let mem_kib: u64 = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+    assert!(
+        mem_kib > 3900 * 1024 && mem_kib <= 4096 * 1024,
+        "MemTotal {mem_kib} kB of 4096 MiB"
+    );
+    // The XSAVE family reaches the guest wherever this host has it.
+    let guest = text(&sh(&c, "grep -m1 '^flags' /proc/cpuinfo").await.stdout);
+    let host = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let flags = |cpuinfo: &str| -> Vec<String> {
+        let line = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("flags"))
+            .unwrap_or("");
+        line.split_whitespace().map(String::from).collect()
+    };
+    let (guest, host) = (flags(&guest), flags(&host));
+    for feature in ["xsave", "avx", "avx2"] {
+        if host.iter().any(|f| f == feature) {
+            assert!(
+                guest.iter().any(|f| f == feature),
+                "the host has {feature}, the guest does not: {guest:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_systemd_runs_the_agent_and_a_guest_poweroff_ends_the_vm_with_0() {
+    if skip_tier3("systemd_runs_the_agent_and_a_guest_poweroff_ends_the_vm_with_0") {
+        return;
+    }
+    let sb = start(&["--init", "system"]).await;
+    let c = sb.client().await;
+    let out = sh(
+        &c,
+        "cat /proc/1/comm; systemctl is-active vmm-agent.service",
+    )
+    .await;
+    assert_eq!(
+        text(&out.stdout),
+        "systemd\nactive\n",
+        "{}",
+        text(&out.stderr)
+    );
+    bring_down(&c, "poweroff").await;
+    assert_eq!(
+        exit_code(sb).await,
+        Some(0),
+        "vmm's exit status after poweroff"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_a_guest_reboot_ends_the_vm_with_0() {
+    if skip_tier3("a_guest_reboot_ends_the_vm_with_0") {
+        return;
+    }
+    let sb = start(&[]).await;
+    let c = sb.client().await;
+    // The agent is PID 1: no service manager to ask, so the immediate form.
+    bring_down(&c, "sync; reboot -ff").await;
+    assert_eq!(
+        exit_code(sb).await,
+        Some(0),
+        "vmm's exit status after reboot"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_a_guest_connects_to_a_host_port_over_vsock() {
+    if skip_tier3("a_guest_connects_to_a_host_port_over_vsock") {
+        return;
+    }
+    let sb = start(&[]).await;
+    // Hybrid vsock: the guest's connection to host port 5000 arrives at <uds>_5000.
+    let mut path = sb.api_socket.clone().into_os_string();
+    path.push(".vsock_5000");
+    let listener = UnixListener::bind(&path).unwrap();
+    let host = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&conn).read_line(&mut line).unwrap();
+        (&conn).write_all(b"hello, guest\n").unwrap();
+        line
+    });
+    let c = sb.client().await;
+    let out = sh(
+        &c,
+        "printf 'hello, host!\\n' | timeout 60 socat -t 30 - VSOCK-CONNECT:2:5000",
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "hello, guest\n", "{}", text(&out.stderr));
+    assert_eq!(host.join().unwrap(), "hello, host!\n");
+}
