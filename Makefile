@@ -7,7 +7,8 @@
 #   make test       lint + unit + integration tests (tiers 0-3; tier 3 in the emulated
 #                   KVM host where `vmm doctor` says Linux cannot boot directly)
 #   make test-tier3 only the real-Linux-guest tests
-#   make bench      start-up/RSS against QEMU microvm, virtio-blk against pread/pwrite
+#   make bench      start-up/RSS and Linux boot against QEMU microvm, virtio-blk against
+#                   pread/pwrite, sandbox exec and streams
 #   make demo       the loop-mount example in a real VM (inside the emulated KVM host
 #                   where Linux cannot boot directly; it says which)
 #   make demo-jail  the same example in the test jail
@@ -66,11 +67,18 @@ test: deps lint rootfs-selftest agent kernel rootfs
 test-tier3: deps agent kernel rootfs
 	CARGO=$(CARGO) tests/run-tier3
 
-bench: deps agent rootfs
+# Linux boot against QEMU microvm runs where Linux boots: here, or in the emulated host.
+bench: deps agent kernel rootfs
 	$(CARGO) build --release -p vmm -p vmm-tests --bins
 	$(CARGO) bench -p devices --bench blk_queue
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/startup_bench
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/sandbox_bench
+	@if target/release/vmm doctor --json | grep -q '"linux_guests_boot":true'; then \
+		VMM_BIN=$(CURDIR)/target/release/vmm target/release/boot_bench; \
+	else \
+		echo "== Linux boot bench: in the emulated KVM host (Linux cannot boot directly here) =="; \
+		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/boot_bench; \
+	fi
 
 # The seed's loop-mount example in a real VM: directly where Linux boots, else inside
 # the emulated KVM host (it says which).

@@ -15,6 +15,9 @@ use vmm::client::Client;
 use crate::jail::Jail;
 use crate::vmm_bin;
 
+/// The VMM's stdout (a VM's serial console), in the sandbox's directory.
+const CONSOLE_FILE: &str = "console.log";
+
 /// How long a sandbox may take to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The fd number the child sees for --ready-fd.
@@ -133,8 +136,10 @@ impl Sandbox {
                 Ok(())
             });
         }
+        // A VM's serial console goes to a file, for the test to show when it fails.
+        let console = std::fs::File::create(dir.path().join(CONSOLE_FILE)).expect("console log");
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(console)
             .stderr(Stdio::inherit());
         // Dies with this process even when it is SIGKILLed (no Drop runs then).
         let process = crate::jail::spawn_tied(cmd).expect("vmm starts");
@@ -147,6 +152,11 @@ impl Sandbox {
             ready_line,
             _jail: jail,
         }
+    }
+
+    /// The last `lines` lines of a VM's serial console (empty for the jail).
+    pub fn console_tail(&self, lines: usize) -> String {
+        console_tail(&self.dir.path().join(CONSOLE_FILE), lines)
     }
 
     /// True for a Linux VM, false for the test jail.
@@ -200,6 +210,14 @@ impl Drop for Sandbox {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
+}
+
+/// The last `lines` lines of a console log.
+pub fn console_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {

@@ -32,11 +32,27 @@ macro_rules! e2e {
                 let sandbox = tokio::task::spawn_blocking(|| Sandbox::start(Backend::Vm))
                     .await
                     .unwrap();
-                super::$body(sandbox).await;
+                let console = sandbox.dir.path().join("console.log");
+                // A hang fails the test with the guest's console, not the whole suite.
+                // The body (which owns the sandbox and its console file) stays alive
+                // until the console has been read.
+                let body = super::$body(sandbox);
+                tokio::pin!(body);
+                tokio::select! {
+                    () = &mut body => {}
+                    () = tokio::time::sleep(VM_TEST_TIMEOUT) => panic!(
+                        "{} did not finish in {VM_TEST_TIMEOUT:?}; the guest console ended with:\n{}",
+                        stringify!($body),
+                        vmm_tests::sandbox::console_tail(&console, 40)
+                    ),
+                }
             }
         }
     };
 }
+
+/// Longest a tier-3 body may run (its guest runs inside the emulated KVM host here).
+const VM_TEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn argv(args: &[&str]) -> ExecStart {
     ExecStart {
