@@ -1,6 +1,6 @@
-//! Tier 3, sandbox behaviours that only a real Linux guest has: its size, systemd as
-//! init, the VMM's exit status when the guest reboots or powers off, and vsock from
-//! inside the guest. (The e2e bodies shared with the test jail are in sandbox.rs.)
+//! Tier 3, sandbox behaviours that only a real Linux guest has: its size and CPU
+//! features, systemd as init, the VMM's exit status when the guest reboots, and vsock
+//! from inside the guest. (The e2e bodies shared with the test jail are in sandbox.rs.)
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
@@ -31,10 +31,19 @@ async fn bring_down(c: &Client, script: &str) {
     let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, c.run(&["sh", "-c", script], b"")).await;
 }
 
-async fn exit_code(mut sb: Sandbox) -> Option<i32> {
-    tokio::task::spawn_blocking(move || sb.wait_exit(SHUTDOWN_TIMEOUT))
-        .await
-        .unwrap()
+/// Waits for the VMM to end; panics with the guest's console when it does not end with 0.
+async fn assert_exits_with_0(mut sb: Sandbox, after: &str) {
+    let (code, console) = tokio::task::spawn_blocking(move || {
+        let code = sb.wait_exit(SHUTDOWN_TIMEOUT);
+        (code, sb.console_tail(40))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        code,
+        Some(0),
+        "vmm's exit status after {after}; the guest console ended with:\n{console}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,8 +90,8 @@ async fn tier3_the_vm_has_its_vcpus_and_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tier3_systemd_runs_the_agent_and_a_guest_poweroff_ends_the_vm_with_0() {
-    if skip_tier3("systemd_runs_the_agent_and_a_guest_poweroff_ends_the_vm_with_0") {
+async fn tier3_systemd_runs_the_agent_and_its_reboot_ends_the_vm_with_0() {
+    if skip_tier3("systemd_runs_the_agent_and_its_reboot_ends_the_vm_with_0") {
         return;
     }
     let sb = start(&["--init", "system"]).await;
@@ -98,12 +107,11 @@ async fn tier3_systemd_runs_the_agent_and_a_guest_poweroff_ends_the_vm_with_0() 
         "{}",
         text(&out.stderr)
     );
-    bring_down(&c, "poweroff").await;
-    assert_eq!(
-        exit_code(sb).await,
-        Some(0),
-        "vmm's exit status after poweroff"
-    );
+    // systemd's own shutdown (services stopped, filesystems unmounted), ending in a
+    // reset. (A guest `poweroff` halts the vCPUs, for want of ACPI; in the emulated KVM
+    // host that sometimes triple-faults L1 itself, so tier 3 does not do it there.)
+    bring_down(&c, "systemctl reboot").await;
+    assert_exits_with_0(sb, "systemctl reboot").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,11 +123,7 @@ async fn tier3_a_guest_reboot_ends_the_vm_with_0() {
     let c = sb.client().await;
     // The agent is PID 1: no service manager to ask, so the immediate form.
     bring_down(&c, "sync; reboot -ff").await;
-    assert_eq!(
-        exit_code(sb).await,
-        Some(0),
-        "vmm's exit status after reboot"
-    );
+    assert_exits_with_0(sb, "reboot").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

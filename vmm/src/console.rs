@@ -18,8 +18,13 @@ use crate::exit::ExitReason;
 const PANIC_MARKER: &str = "Kernel panic - not syncing";
 const PANIC_END_MARKER: &str = "---[ end Kernel panic";
 /// Printed by Linux's kernel_power_off() / kernel_halt(): with no ACPI there is no other
-/// way for a guest to say it powered off.
-const POWER_OFF_MARKERS: [&str; 2] = ["reboot: Power down", "reboot: System halted"];
+/// way for a guest to say it powered off. Since 6.x, a power-off without a power-off
+/// handler (no ACPI here) halts and says so with the third line.
+const POWER_OFF_MARKERS: [&str; 3] = [
+    "reboot: Power down",
+    "reboot: System halted",
+    "reboot: Power off not available: System halted instead",
+];
 /// Time the guest gets to print the rest of a panic report before we stop it.
 const PANIC_GRACE: Duration = Duration::from_secs(1);
 const MAX_LINE: usize = 1024;
@@ -191,6 +196,15 @@ mod tests {
         let (tx, rx) = channel();
         let watcher = ConsoleWatcher::new(tx);
         watcher.on_line("[    1.0] reboot: Power down");
+        assert_eq!(rx.try_recv().unwrap(), ExitReason::PowerOff);
+    }
+
+    #[test]
+    fn a_power_off_without_a_handler_ends_the_vm() {
+        // Linux 6.12 with no ACPI: `poweroff` halts and prints this.
+        let (tx, rx) = channel();
+        let watcher = ConsoleWatcher::new(tx);
+        watcher.on_line("[   23.72] reboot: Power off not available: System halted instead");
         assert_eq!(rx.try_recv().unwrap(), ExitReason::PowerOff);
     }
 

@@ -6,6 +6,8 @@
 //! agent listening on vsock; for our vmm also the readiness line, which
 //! means the supervisor has reached the agent. It also reports whether the guest enabled
 //! XSAVE. Needs a host where Linux boots (make bench runs it in the emulated KVM host).
+//! VMM_BENCH_RUNS sets the runs per VMM; VMM_BENCH_CONSOLE_DIR keeps each boot's
+//! console there, every line stamped with its arrival.
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -43,6 +45,8 @@ struct Boot {
     ready: Option<Duration>,
     xsave: bool,
     xsave_problem: bool,
+    /// Every console line, prefixed with its arrival in ms from VMM start.
+    console: String,
 }
 
 /// Starts `cmd` and times the milestones on its stdout (and the readiness fd, if any).
@@ -98,6 +102,8 @@ fn boot(mut cmd: Command, ready: Option<OwnedFd>) -> Result<Boot, String> {
             tail.remove(0);
         }
         tail.push(line.clone());
+        b.console
+            .push_str(&format!("{:9.1} {line}", at.as_secs_f64() * 1000.0));
         match line.as_str() {
             l if l.contains(CONSOLE_LINE) => b.entry = at.checked_sub(printk_time(l)),
             "READY" => b.ready = Some(at),
@@ -236,6 +242,10 @@ fn main() {
             };
             match result {
                 Ok(b) => {
+                    if let Some(dir) = std::env::var_os("VMM_BENCH_CONSOLE_DIR") {
+                        let path = PathBuf::from(dir).join(format!("boot-{run}-{which}.log"));
+                        let _ = std::fs::write(path, &b.console);
+                    }
                     println!(
                         "run {run} {which:<4}: entry {:7.0} ms, init {:7.0} ms, agent {:7.0} ms, ready {:7.0} ms, xsave {}",
                         ms(b.entry),
