@@ -120,22 +120,9 @@ impl Sandbox {
                 None
             }
         };
-        cmd.arg("--api-sock")
-            .arg(&api_socket)
-            .args(["--ready-fd", &READY_FD.to_string()])
-            .args(extra);
-        let (ready_read, ready_write) = pipe();
-        let write_fd = ready_write.as_raw_fd();
-        // SAFETY: between fork and exec we only call dup2, which is async-signal-safe;
-        // it puts the pipe's write end at READY_FD without CLOEXEC.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(write_fd, READY_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        cmd.arg("--api-sock").arg(&api_socket);
+        let (ready_read, ready_write) = readiness_pipe(&mut cmd);
+        cmd.args(extra);
         // A VM's serial console goes to a file, for the test to show when it fails.
         let console = std::fs::File::create(dir.path().join(CONSOLE_FILE)).expect("console log");
         cmd.stdin(Stdio::null())
@@ -218,6 +205,25 @@ pub fn console_tail(path: &Path, lines: usize) -> String {
     let text = String::from_utf8_lossy(&text);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Adds `--ready-fd 3` to a `vmm` command and puts a pipe's write end at fd 3 in the
+/// child. Returns (read end, write end); drop the write end once the child runs.
+pub fn readiness_pipe(cmd: &mut Command) -> (OwnedFd, OwnedFd) {
+    cmd.args(["--ready-fd", &READY_FD.to_string()]);
+    let (read, write) = pipe();
+    let write_fd = write.as_raw_fd();
+    // SAFETY: between fork and exec we only call dup2, which is async-signal-safe;
+    // it puts the pipe's write end at READY_FD without CLOEXEC.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(write_fd, READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    (read, write)
 }
 
 fn pipe() -> (OwnedFd, OwnedFd) {

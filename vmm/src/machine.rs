@@ -119,9 +119,6 @@ impl Machine {
             .map_err(kvm_err("report supported CPUID"))?;
         cpuid::filter(&mut cpuid, index, count);
         fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
-        if let Some(xcr0) = cpuid::initial_xcr0(&cpuid) {
-            regs::setup_xcr0(&fd, xcr0);
-        }
         regs::setup_fpu_and_msrs(&fd)?;
         regs::setup_lapic(&fd)?;
         Ok(fd)

@@ -10,14 +10,13 @@
 //! console there, every line stamped with its arrival.
 
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use vmm_tests::sandbox::repo_file;
+use vmm_tests::sandbox::{readiness_pipe, repo_file};
 use vmm_tests::vmm_bin;
 
 /// Runs of each VMM (VMM_BENCH_RUNS overrides).
@@ -32,7 +31,6 @@ const CONSOLE_LINE: &str = "console [ttyS0] enabled";
 const INIT_LINE: &str = "Run /sbin/vmm-agent as init process";
 const AGENT_LINE: &str = "listening on vsock port";
 const XSAVE_ON: &str = "x86/fpu: Enabled xstate features";
-const READY_FD: i32 = 3;
 
 /// Picks one milestone out of a boot.
 type Milestone = fn(&Boot) -> Option<Duration>;
@@ -140,15 +138,6 @@ fn sparse_copy(from: &Path, to: &Path) -> Result<(), String> {
         .ok_or_else(|| format!("cp {} failed", from.display()))
 }
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills the two-element array; both fds are owned below.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(rc, 0, "pipe2 failed");
-    // SAFETY: the fds were just created and are owned by nothing else.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-}
-
 fn ours(kernel: &Path, disk: &Path, dir: &Path) -> Result<Boot, String> {
     let api = dir.join("api.sock");
     let _ = std::fs::remove_file(&api);
@@ -162,19 +151,8 @@ fn ours(kernel: &Path, disk: &Path, dir: &Path) -> Result<Boot, String> {
         .args(["--cpus", "2", "--memory-mib", "1024"])
         .arg("--api-sock")
         .arg(&api)
-        .args(["--ready-fd", &READY_FD.to_string()])
         .args(["--append", "VMM_AGENT_LOG=info"]);
-    let (read, write) = pipe();
-    let write_fd = write.as_raw_fd();
-    // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::dup2(write_fd, READY_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let (read, write) = readiness_pipe(&mut cmd);
     let b = boot(cmd, Some(read));
     drop(write);
     b

@@ -20,31 +20,6 @@ const THERMAL_AND_POWER_MASK: u32 = 0;
 const LEVEL_TYPE_SMT: u32 = 1;
 const LEVEL_TYPE_CORE: u32 = 2;
 
-const LEAF_XSAVE: u32 = 0xd;
-/// CPUID.1:ECX.XSAVE.
-const ECX_XSAVE: u32 = 1 << 26;
-
-/// The XCR0 a vCPU starts with: every user state component the guest's CPUID offers
-/// (leaf 0xD.0 EDX:EAX), or None without XSAVE.
-///
-/// Hardware resets XCR0 to x87 only and the guest raises it with XSETBV, which KVM
-/// intercepts to keep CPUID 0xD.0 EBX (the save area's size for the current XCR0) in
-/// step. QEMU's TCG does not deliver that intercept to a nested hypervisor, so in the
-/// emulated KVM host a Linux guest read a size for x87+SSE, failed its XSAVE consistency
-/// check and ran without XSAVE or AVX. Starting at the value Linux sets anyway keeps the
-/// size right there and changes nothing on hardware.
-pub fn initial_xcr0(cpuid: &CpuId) -> Option<u64> {
-    let entries = cpuid.as_slice();
-    let has_xsave = entries
-        .iter()
-        .any(|e| e.function == LEAF_FEATURES && e.ecx & ECX_XSAVE != 0);
-    let components = entries
-        .iter()
-        .find(|e| e.function == LEAF_XSAVE && e.index == 0)?;
-    let mask = u64::from(components.eax) | (u64::from(components.edx) << 32);
-    (has_xsave && mask & 1 != 0).then_some(mask)
-}
-
 /// Rewrites `cpuid` for vCPU `index` of `count`: one socket, one thread per core.
 pub fn filter(cpuid: &mut CpuId, index: u8, count: u8) {
     for entry in cpuid.as_mut_slice() {
@@ -130,22 +105,6 @@ mod tests {
         assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
         assert_eq!(e[1].edx, 3);
         assert_eq!((e[2].eax, e[2].ebx), (2, 4));
-    }
-
-    #[test]
-    fn initial_xcr0_is_the_offered_user_state() {
-        let mut features = entry(1, 0);
-        features.ecx = ECX_XSAVE;
-        let mut xsave = entry(0xd, 0);
-        xsave.eax = 0x207;
-        let cpuid = CpuId::from_entries(&[features, xsave]).unwrap();
-        assert_eq!(initial_xcr0(&cpuid), Some(0x207));
-        // No XSAVE in leaf 1: the guest cannot use XCR0.
-        let cpuid = CpuId::from_entries(&[entry(1, 0), xsave]).unwrap();
-        assert_eq!(initial_xcr0(&cpuid), None);
-        // No leaf 0xD.0.
-        let cpuid = CpuId::from_entries(&[features]).unwrap();
-        assert_eq!(initial_xcr0(&cpuid), None);
     }
 
     #[test]

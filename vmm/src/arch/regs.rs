@@ -1,6 +1,6 @@
 //! Initial vCPU state for the two entry protocols.
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcr, kvm_xcrs, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -142,23 +142,6 @@ pub fn setup_fpu_and_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
         return Err(RegsError::Msrs(set));
     }
     Ok(())
-}
-
-/// Starts the vCPU with XCR0 = `xcr0` (see `cpuid::initial_xcr0`). A refusal is not
-/// fatal: the guest then sets XCR0 itself, as on hardware.
-pub fn setup_xcr0(vcpu: &VcpuFd, xcr0: u64) {
-    let mut xcrs = kvm_xcrs {
-        nr_xcrs: 1,
-        ..Default::default()
-    };
-    xcrs.xcrs[0] = kvm_xcr {
-        xcr: 0,
-        value: xcr0,
-        ..Default::default()
-    };
-    if let Err(e) = vcpu.set_xcrs(&xcrs) {
-        log::warn!("cannot start the vCPU with XCR0 {xcr0:#x}: {e}");
-    }
 }
 
 /// Local APIC: LINT0 as ExtINT (the legacy PIC) and LINT1 as NMI, as on a PC.
