@@ -64,8 +64,8 @@ pub fn vm_unavailable() -> Option<String> {
     )
 }
 
-/// Set by `make test` where it runs tier 3 (directly or in the emulated KVM host): a
-/// tier-3 test that cannot boot its guest then fails instead of skipping.
+/// Set by `make test-tier3` (directly or in the emulated KVM host): a tier-3 test that
+/// cannot boot its guest then fails instead of skipping.
 pub const REQUIRE_TIER3_VAR: &str = "VMM_REQUIRE_TIER3";
 
 /// True when tier-3 test `test` must be skipped here; it then prints why. Where
@@ -79,7 +79,7 @@ pub fn skip_tier3(test: &str) -> bool {
         "tier-3 test {test} cannot boot a Linux guest here: {reason}"
     );
     eprintln!(
-        "SKIPPED tier 3 (Linux guest) {test}: {reason}; `make test` runs it in the emulated KVM host"
+        "SKIPPED tier 3 (Linux guest) {test}: {reason}; `make test-tier3` runs it in the emulated KVM host"
     );
     true
 }
