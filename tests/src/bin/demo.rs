@@ -76,7 +76,7 @@ async fn main() -> ExitCode {
         }
     };
     println!(
-        "stage: VM ready after {:.1} s: {}",
+        "stage: sandbox ready {:.1} s after the demo started (rootfs copy included): {}",
         started.elapsed().as_secs_f64(),
         sb.ready_line.trim()
     );
