@@ -56,7 +56,6 @@ fn boot(mut cmd: Command, ready: Option<OwnedFd>) -> Result<Boot, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-    drop(cmd);
     let wait_ready = ready.is_some();
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let (tx, rx) = mpsc::channel();
