@@ -38,18 +38,10 @@ all: build
 build:
 	$(CARGO) build --release --workspace
 
-# Installs missing packages when root; otherwise prints the exact command.
+# Installs missing packages when root (QEMU from bookworm-backports); otherwise prints
+# the exact commands.
 deps:
-	@missing=$$(for p in $(TEST_PACKAGES); do \
-		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		if [ "$$(id -u)" = 0 ]; then \
-			echo "deps: installing $$missing"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-		else \
-			echo "deps: missing packages; run: sudo apt-get install -y $$missing" >&2; exit 1; \
-		fi; \
-	fi
+	@mk/deps.sh $(TEST_PACKAGES)
 
 lint:
 	$(CARGO) fmt --all -- --check

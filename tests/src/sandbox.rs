@@ -131,7 +131,7 @@ impl Sandbox {
         // Dies with this process even when it is SIGKILLed (no Drop runs then).
         let process = crate::jail::spawn_tied(cmd).expect("vmm starts");
         drop(ready_write);
-        let ready_line = read_ready_line(ready_read);
+        let ready_line = read_ready_line(ready_read, &dir.path().join(CONSOLE_FILE));
         Self {
             dir,
             api_socket,
@@ -235,20 +235,25 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
-/// Blocks until the VMM writes its readiness line (no polling: the pipe tells us).
-fn read_ready_line(fd: OwnedFd) -> String {
+/// Blocks until the VMM writes its readiness line (no polling: the pipe tells us). When
+/// it does not, the panic shows the end of the guest's console (`console`, if any).
+fn read_ready_line(fd: OwnedFd, console: &Path) -> String {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
         let _ = BufReader::new(std::fs::File::from(fd)).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx
-        .recv_timeout(READY_TIMEOUT)
-        .expect("the sandbox did not become ready in time");
+    let Ok(line) = rx.recv_timeout(READY_TIMEOUT) else {
+        panic!(
+            "the sandbox did not become ready in {READY_TIMEOUT:?}; the guest console ended with:\n{}",
+            console_tail(console, 30)
+        );
+    };
     assert!(
         line.contains("\"event\":\"ready\""),
-        "the readiness pipe closed without a ready line: {line:?}"
+        "the readiness pipe closed without a ready line: {line:?}; the guest console ended with:\n{}",
+        console_tail(console, 30)
     );
     line
 }

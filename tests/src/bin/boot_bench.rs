@@ -31,6 +31,8 @@ const CONSOLE_LINE: &str = "console [ttyS0] enabled";
 const INIT_LINE: &str = "Run /sbin/vmm-agent as init process";
 const AGENT_LINE: &str = "listening on vsock port";
 const XSAVE_ON: &str = "x86/fpu: Enabled xstate features";
+/// XCR0's AVX (YMM) bit.
+const XSTATE_AVX: u64 = 1 << 2;
 
 /// Picks one milestone out of a boot.
 type Milestone = fn(&Boot) -> Option<Duration>;
@@ -41,7 +43,8 @@ struct Boot {
     init: Option<Duration>,
     agent: Option<Duration>,
     ready: Option<Duration>,
-    xsave: bool,
+    /// The xstate features the guest enabled (bit 2 is AVX), if it enabled XSAVE.
+    xstate: Option<u64>,
     xsave_problem: bool,
     /// Every console line, prefixed with its arrival in ms from VMM start.
     console: String,
@@ -106,7 +109,7 @@ fn boot(mut cmd: Command, ready: Option<OwnedFd>) -> Result<Boot, String> {
             "READY" => b.ready = Some(at),
             l if l.contains(INIT_LINE) => b.init = Some(at),
             l if l.contains(AGENT_LINE) => b.agent = Some(at),
-            l if l.contains(XSAVE_ON) => b.xsave = true,
+            l if l.contains(XSAVE_ON) => b.xstate = xstate_mask(l),
             l if l.contains("XSAVE consistency problem") => b.xsave_problem = true,
             _ => {}
         }
@@ -114,6 +117,23 @@ fn boot(mut cmd: Command, ready: Option<OwnedFd>) -> Result<Boot, String> {
     let _ = child.kill();
     let _ = child.wait();
     Ok(b)
+}
+
+/// The mask of `x86/fpu: Enabled xstate features 0x7, context size is ...`.
+fn xstate_mask(line: &str) -> Option<u64> {
+    let hex = line.split(XSAVE_ON).nth(1)?.trim_start().trim_start_matches("0x");
+    let hex = hex.split(|c: char| !c.is_ascii_hexdigit()).next()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// How a boot left XSAVE: on with its features, or off and why.
+fn xsave_summary(b: &Boot) -> String {
+    match b.xstate {
+        Some(mask) if mask & XSTATE_AVX != 0 => format!("on, avx (xstate {mask:#x})"),
+        Some(mask) => format!("on, no avx (xstate {mask:#x})"),
+        None if b.xsave_problem => "OFF (XSAVE consistency problem)".into(),
+        None => "off".into(),
+    }
 }
 
 /// The kernel's timestamp of a console line: `[   12.345678] ...`.
@@ -229,7 +249,7 @@ fn main() {
                         ms(b.init),
                         ms(b.agent),
                         ms(b.ready),
-                        if b.xsave { "on" } else if b.xsave_problem { "OFF (XSAVE consistency problem)" } else { "off" }
+                        xsave_summary(&b)
                     );
                     if which == "vmm" {
                         mine.push(b)
@@ -261,12 +281,31 @@ fn main() {
         "| vmm readiness line (supervisor reached the agent) | {:.0} | | |",
         column(&mine, |b| b.ready)
     );
-    let xsave = |v: &[Boot]| v.iter().filter(|b| b.xsave).count();
+    let xsave = |v: &[Boot]| v.iter().filter(|b| b.xstate.is_some()).count();
+    let avx = |v: &[Boot]| {
+        v.iter()
+            .filter(|b| b.xstate.is_some_and(|m| m & XSTATE_AVX != 0))
+            .count()
+    };
     println!(
-        "XSAVE enabled in the guest: vmm {} of {}, QEMU {} of {}",
+        "XSAVE enabled in the guest: vmm {} of {}, QEMU {} of {}; with AVX: vmm {}, QEMU {}",
         xsave(&mine),
         mine.len(),
         xsave(&theirs),
-        theirs.len()
+        theirs.len(),
+        avx(&mine),
+        avx(&theirs)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xstate_mask_is_read_from_the_kernels_line() {
+        let line = "[    0.000000] x86/fpu: Enabled xstate features 0x7, context size is 832 bytes, using 'standard' format.";
+        assert_eq!(xstate_mask(line), Some(0x7));
+        assert_eq!(xstate_mask("[    0.0] x86/fpu: Enabled xstate features zz"), None);
+    }
 }
