@@ -4,9 +4,9 @@
 #   make kernel     build/vmlinux + build/bzImage (cached in ~/.cache/vmm)
 #   make agent      the static guest agent
 #   make rootfs     build/rootfs.ext4 with the agent (cached)
-#   make test       lint + unit + integration tests (tiers 0-2; tier 3 skips where
-#                   `vmm doctor` says Linux cannot boot directly)
-#   make test-tier3 the real-Linux-guest tests, in the emulated KVM host where needed
+#   make test       lint + unit + integration tests, then the real-Linux-guest tests
+#                   (tier 3; in the emulated KVM host where Linux cannot boot directly)
+#   make test-tier3 only the tier-3 tests
 #   make bench      start-up/RSS and Linux boot against QEMU microvm, virtio-blk against
 #                   pread/pwrite, sandbox exec and streams
 #   make demo       the loop-mount example in a real VM (inside the emulated KVM host
@@ -48,16 +48,14 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # The integration tests drive the vmm binary of the same profile, so build it first.
-# Tier 3 runs on its own, uncaptured, so its skip reason is always visible. It is not
-# yet part of `make test` in the emulated KVM host: there it fails too often for
-# reasons below our VMM (see the README), which would make this target flaky.
-test: deps lint rootfs-selftest agent rootfs
+# Tier 3 (real Linux guests) runs last, through tests/run-tier3: directly where `vmm
+# doctor` says Linux boots, else in the emulated KVM host.
+test: deps lint rootfs-selftest agent kernel rootfs
 	$(CARGO) build -p vmm
 	$(CARGO) test --workspace -- --test-threads=2 --skip tier3_
-	$(CARGO) test -p vmm-tests --tests -- --nocapture tier3_
+	CARGO=$(CARGO) tests/run-tier3
 
-# The tier-3 tests against real Linux guests: directly where `vmm doctor` says they
-# boot, else each in its own emulated KVM host (tests/nested/run).
+# Only the tier-3 tests.
 test-tier3: deps agent kernel rootfs
 	CARGO=$(CARGO) tests/run-tier3
 
