@@ -121,7 +121,11 @@ fn boot(mut cmd: Command, ready: Option<OwnedFd>) -> Result<Boot, String> {
 
 /// The mask of `x86/fpu: Enabled xstate features 0x7, context size is ...`.
 fn xstate_mask(line: &str) -> Option<u64> {
-    let hex = line.split(XSAVE_ON).nth(1)?.trim_start().trim_start_matches("0x");
+    let hex = line
+        .split(XSAVE_ON)
+        .nth(1)?
+        .trim_start()
+        .trim_start_matches("0x");
     let hex = hex.split(|c: char| !c.is_ascii_hexdigit()).next()?;
     u64::from_str_radix(hex, 16).ok()
 }
@@ -306,6 +310,9 @@ mod tests {
     fn xstate_mask_is_read_from_the_kernels_line() {
         let line = "[    0.000000] x86/fpu: Enabled xstate features 0x7, context size is 832 bytes, using 'standard' format.";
         assert_eq!(xstate_mask(line), Some(0x7));
-        assert_eq!(xstate_mask("[    0.0] x86/fpu: Enabled xstate features zz"), None);
+        assert_eq!(
+            xstate_mask("[    0.0] x86/fpu: Enabled xstate features zz"),
+            None
+        );
     }
 }
