@@ -19,6 +19,9 @@ use crate::vmm_bin;
 const CONSOLE_FILE: &str = "console.log";
 
 /// How long a sandbox may take to report ready.
+/// A VM sandbox's memory unless a test asks for more: the product's default. (In the
+/// emulated KVM host, 4096 MiB guests also fail below our VMM several times as often.)
+pub const VM_MEMORY_MIB: u32 = 1024;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The fd number the child sees for --ready-fd.
 const READY_FD: i32 = 3;
@@ -89,8 +92,14 @@ impl Sandbox {
         Self::start_with(backend, &[])
     }
 
-    /// Starts a sandbox; `extra` goes to the vmm command line (e.g. `--lifetime 2`).
+    /// Starts a sandbox; `extra` goes to the vmm command line (e.g. `--lifetime 2`). A VM
+    /// gets 2 vCPUs and the product's default of 1024 MiB.
     pub fn start_with(backend: Backend, extra: &[&str]) -> Self {
+        Self::start_sized(backend, VM_MEMORY_MIB, extra)
+    }
+
+    /// Like `start_with`, with `memory_mib` for a VM (the jail ignores it).
+    pub fn start_sized(backend: Backend, memory_mib: u32, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let api_socket = dir.path().join("api.sock");
         let mut cmd = Command::new(vmm_bin());
@@ -116,7 +125,7 @@ impl Sandbox {
                     .arg(repo_file("build/vmlinux"))
                     .arg("--rootfs")
                     .arg(&disk)
-                    .args(["--cpus", "2", "--memory-mib", "4096"]);
+                    .args(["--cpus", "2", "--memory-mib", &memory_mib.to_string()]);
                 None
             }
         };

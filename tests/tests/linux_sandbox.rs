@@ -13,7 +13,11 @@ use vmm_tests::sandbox::{skip_tier3, Backend, Sandbox};
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(120);
 
 async fn start(extra: &'static [&'static str]) -> Sandbox {
-    tokio::task::spawn_blocking(move || Sandbox::start_with(Backend::Vm, extra))
+    start_sized(vmm_tests::sandbox::VM_MEMORY_MIB, extra).await
+}
+
+async fn start_sized(memory_mib: u32, extra: &'static [&'static str]) -> Sandbox {
+    tokio::task::spawn_blocking(move || Sandbox::start_sized(Backend::Vm, memory_mib, extra))
         .await
         .unwrap()
 }
@@ -51,7 +55,7 @@ async fn tier3_the_vm_has_its_vcpus_and_memory() {
     if skip_tier3("the_vm_has_its_vcpus_and_memory") {
         return;
     }
-    let sb = start(&[]).await;
+    let sb = start_sized(4096, &[]).await;
     let c = sb.client().await;
     let out = text(
         &sh(
