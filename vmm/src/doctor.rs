@@ -173,7 +173,7 @@ pub fn diagnose() -> Report {
 const NESTED_QEMU_VAR: &str = "VMM_NESTED_QEMU";
 
 /// Whether tests/nested/run can start an emulated KVM host here: it needs only QEMU's
-/// x86 system emulator, whose TCG emulates SVM with nested paging for `-cpu max`.
+/// x86 system emulator, whose TCG emulates SVM with nested paging (`-cpu EPYC`).
 fn emulated_kvm_host() -> (bool, String) {
     let qemu = std::env::var_os(NESTED_QEMU_VAR).unwrap_or_else(|| "qemu-system-x86_64".into());
     match find_program(std::path::Path::new(&qemu)) {
