@@ -18,10 +18,11 @@ use crate::vmm_bin;
 /// The VMM's stdout (a VM's serial console), in the sandbox's directory.
 const CONSOLE_FILE: &str = "console.log";
 
-/// How long a sandbox may take to report ready.
 /// A VM sandbox's memory unless a test asks for more: the product's default. (In the
-/// emulated KVM host, 4096 MiB guests also fail below our VMM several times as often.)
+/// emulated KVM host under `-cpu max`, 4096 MiB guests failed below our VMM far more
+/// often.)
 pub const VM_MEMORY_MIB: u32 = 1024;
+/// How long a sandbox may take to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The fd number the child sees for --ready-fd.
 const READY_FD: i32 = 3;
