@@ -120,7 +120,9 @@ fn device_run(path: &std::path::Path, write: bool, block: u32) -> f64 {
     for round in 0..rounds {
         driver.publish(round as u64);
         let start = Instant::now();
-        handler.process_queue(&mut engine, &disk);
+        handler
+            .process_queue(&mut engine, &disk)
+            .expect("a well-formed queue");
         busy += start.elapsed().as_secs_f64();
     }
     (rounds * usize::from(BATCH)) as f64 / busy

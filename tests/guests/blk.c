@@ -228,6 +228,57 @@ static void requests(struct dev *d, u64 features)
 	out("info blk%u after_malformed_fnv 0x%x\n", d->n, fnv1a(buf, 1024));
 }
 
+/* Queue setup through DRIVER_OK (after the features were accepted). */
+static void setup_queue(struct dev *d)
+{
+	d->qsize = d->qsize ? d->qsize : QSIZE;
+	d->avail_idx = d->used_idx = 0;
+	d->broken = 0;
+	memset((void *)(d->mem + OFF_DESC), 0, 16 * QSIZE);
+	memset((void *)(d->mem + OFF_AVAIL), 0, 6 + 2 * QSIZE);
+	memset((void *)(d->mem + OFF_USED), 0, 6 + 8 * QSIZE);
+	wr(d, QUEUE_SEL, 0);
+	wr(d, QUEUE_NUM, d->qsize);
+	wr(d, QUEUE_DESC_LOW, (u32)(d->mem + OFF_DESC));
+	wr(d, QUEUE_DESC_HIGH, 0);
+	wr(d, QUEUE_DRIVER_LOW, (u32)(d->mem + OFF_AVAIL));
+	wr(d, QUEUE_DRIVER_HIGH, 0);
+	wr(d, QUEUE_DEVICE_LOW, (u32)(d->mem + OFF_USED));
+	wr(d, QUEUE_DEVICE_HIGH, 0);
+	wr(d, QUEUE_READY, 1);
+}
+
+/* break_avail=N: the driver of blkN publishes an avail index more than the queue size
+ * ahead of the device, as a hostile guest would. The device must give up on that queue
+ * (DEVICE_NEEDS_RESET plus a config interrupt) without pinning the device thread; after a
+ * reset the same device works again. */
+static void break_avail_ring(struct dev *d, u64 features)
+{
+	volatile u16 *avail = (volatile u16 *)at(d, OFF_AVAIL);
+	avail[1] = (u16)(d->avail_idx + d->qsize + 1);
+	barrier();
+	wr(d, QUEUE_NOTIFY, 0);
+	u64 start = rdtsc();
+	u32 status = rd(d, STATUS);
+	while (!(status & 0x40) && rdtsc() - start < TIMEOUT_TICKS)
+		status = rd(d, STATUS);
+	out("info blk%u broken_status 0x%x\n", d->n, status);
+	out("info blk%u broken_isr 0x%x\n", d->n, rd(d, INTERRUPT_STATUS));
+
+	wr(d, STATUS, 0);
+	out("info blk%u status_after_reset 0x%x\n", d->n, rd(d, STATUS));
+	wr(d, STATUS, S_ACK | S_DRIVER);
+	wr(d, DRIVER_FEATURES_SEL, 0);
+	wr(d, DRIVER_FEATURES, (u32)features);
+	wr(d, DRIVER_FEATURES_SEL, 1);
+	wr(d, DRIVER_FEATURES, (u32)(features >> 32));
+	wr(d, STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+	setup_queue(d);
+	wr(d, STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+	u8 st = request(d, T_IN, 0, d->mem + OFF_DATA, 512, 1, "read_after_reset");
+	out("info blk%u read_after_reset_status %u\n", d->n, st);
+}
+
 static void probe(unsigned n, u64 base)
 {
 	struct dev dev = { .n = n, .base = base, .mem = DEV_MEM(n) }, *d = &dev;
@@ -274,17 +325,7 @@ static void probe(unsigned n, u64 base)
 		return;
 	}
 	d->qsize = max < QSIZE ? (u16)max : QSIZE;
-	memset((void *)(d->mem + OFF_DESC), 0, 16 * QSIZE);
-	memset((void *)(d->mem + OFF_AVAIL), 0, 6 + 2 * QSIZE);
-	memset((void *)(d->mem + OFF_USED), 0, 6 + 8 * QSIZE);
-	wr(d, QUEUE_NUM, d->qsize);
-	wr(d, QUEUE_DESC_LOW, (u32)(d->mem + OFF_DESC));
-	wr(d, QUEUE_DESC_HIGH, 0);
-	wr(d, QUEUE_DRIVER_LOW, (u32)(d->mem + OFF_AVAIL));
-	wr(d, QUEUE_DRIVER_HIGH, 0);
-	wr(d, QUEUE_DEVICE_LOW, (u32)(d->mem + OFF_USED));
-	wr(d, QUEUE_DEVICE_HIGH, 0);
-	wr(d, QUEUE_READY, 1);
+	setup_queue(d);
 	wr(d, STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
 	out("info blk%u status 0x%x\n", n, rd(d, STATUS));
 	u64 cap = rd(d, CONFIG) | ((u64)rd(d, CONFIG + 4) << 32);
@@ -293,6 +334,9 @@ static void probe(unsigned n, u64 base)
 	requests(d, want);
 	out("info blk%u requests %u\n", n, d->requests);
 	out("info blk%u irqs %u\n", n, d->irqs);
+	const char *target = cmd_value("break_avail", NULL);
+	if (target && parse_num(&target) == n)
+		break_avail_ring(d, want);
 	wr(d, STATUS, 0);
 }
 

@@ -336,3 +336,36 @@ fn capacity_of_a_block_device() {
     let out = Vmm::guest(TINY_ELF, "blk").drive(loop_dev.path()).run();
     assert_eq!(blk_num(out.assert_passed(), 0, "capacity"), 2048);
 }
+
+/// A hostile driver publishes an avail index more than the queue size ahead of the device
+/// (`break_avail=0`). That device gives up on its queue, says so once (DEVICE_NEEDS_RESET
+/// and a config interrupt), and works again after a reset; the other drive, served by the
+/// same device thread, never notices.
+#[test]
+fn a_broken_avail_ring_needs_a_reset_and_stalls_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = pattern_disk(dir.path(), "first.img", DISK_SECTORS);
+    let second = pattern_disk(dir.path(), "second.img", DISK_SECTORS);
+    let out = Vmm::guest(TINY_ELF, "blk")
+        .append("break_avail=0")
+        .drive(&first)
+        .drive(&second)
+        .run();
+    let g = out.assert_passed();
+    assert_ne!(
+        blk_num(g, 0, "broken_status") & 0x40,
+        0,
+        "no DEVICE_NEEDS_RESET"
+    );
+    assert_ne!(blk_num(g, 0, "broken_isr") & 2, 0, "no config interrupt");
+    assert_eq!(blk_num(g, 0, "status_after_reset"), 0);
+    assert_eq!(blk_num(g, 0, "read_after_reset_status"), S_OK);
+    assert_eq!(blk_num(g, 1, "read_status"), S_OK);
+    assert_eq!(blk_num(g, 1, "after_malformed_status"), S_OK);
+    assert_eq!(
+        out.stderr.matches("the device needs a reset").count(),
+        1,
+        "logged once:\n{}",
+        out.stderr
+    );
+}

@@ -9,7 +9,7 @@ use devices::bus::{Bus, BusError};
 use devices::legacy::{Cmos, Serial, I8042};
 use devices::virtio::block::{Block, BlockConfig, BlockError};
 use devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
-use devices::virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE};
+use devices::virtio::{MmioTransport, QueueWorker, VirtioDevice, VirtioFront, MMIO_WINDOW_SIZE};
 use devices::EventFdTrigger;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -107,17 +107,15 @@ impl Devices {
         };
         devices.add_legacy(vm, exit, watcher)?;
         for (index, drive) in drives.iter().enumerate() {
-            let block = Arc::new(Mutex::new(Block::new(drive)?));
-            devices.add_virtio(vm, mem, index, block.clone())?;
+            let block = devices.add_virtio(vm, mem, index, Block::new(drive)?)?;
             devices.blocks.push(block);
         }
         if let Some(spec) = vsock {
-            let device = Arc::new(Mutex::new(Vsock::new(&VsockConfig {
+            let device = Vsock::new(&VsockConfig {
                 guest_cid: spec.guest_cid,
                 uds_path: spec.uds_path.clone(),
-            })?));
-            devices.add_virtio(vm, mem, drives.len(), device.clone())?;
-            devices.vsock = Some(device);
+            })?;
+            devices.vsock = Some(devices.add_virtio(vm, mem, drives.len(), device)?);
         }
         Ok(devices)
     }
@@ -159,32 +157,31 @@ impl Devices {
         Ok(())
     }
 
-    /// Puts a virtio device in MMIO slot `index` and runs it on the device thread.
-    fn add_virtio<D>(
+    /// Puts a virtio device in MMIO slot `index`: its front behind the transport, its
+    /// worker on the device thread. Returns the worker.
+    fn add_virtio<W>(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         index: usize,
-        device: Arc<Mutex<D>>,
-    ) -> Result<(), DeviceError>
+        device: W,
+    ) -> Result<Arc<Mutex<W>>, DeviceError>
     where
-        D: VirtioDevice + MutEventSubscriber + 'static,
+        W: QueueWorker + MutEventSubscriber,
     {
         let (addr, irq) = virtio_slot(index);
-        {
-            let dev = devices::bus::lock(&device);
-            vm.register_irqfd(dev.interrupt().irqfd(), irq)
-                .map_err(kvm_err("wire a virtio interrupt"))?;
-            for (queue, evt) in dev.queue_events().iter().enumerate() {
-                let notify = IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET);
-                vm.register_ioevent(evt, &notify, queue as u32)
-                    .map_err(kvm_err("wire a virtio queue notification"))?;
-            }
+        let (front, worker) = VirtioFront::new(device).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(front.interrupt().irqfd(), irq)
+            .map_err(kvm_err("wire a virtio interrupt"))?;
+        for (queue, evt) in front.queue_events().iter().enumerate() {
+            let notify = IoEventAddress::Mmio(addr + QUEUE_NOTIFY_OFFSET);
+            vm.register_ioevent(evt, &notify, queue as u32)
+                .map_err(kvm_err("wire a virtio queue notification"))?;
         }
-        let transport = MmioTransport::new(mem.clone(), device.clone());
+        let transport = MmioTransport::new(mem.clone(), Box::new(front));
         self.mmio
             .insert(Arc::new(Mutex::new(transport)), addr, MMIO_WINDOW_SIZE)?;
-        self.event_manager.add_subscriber(device);
-        Ok(())
+        self.event_manager.add_subscriber(worker.clone());
+        Ok(worker)
     }
 }

@@ -1,12 +1,10 @@
 //! The virtio-mmio transport (virtio 1.2, section 4.2.2), version 2 ("modern") only.
 
-use std::sync::{Arc, Mutex};
-
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::{Activation, VirtioDevice, VIRTIO_F_VERSION_1};
-use crate::bus::{lock, BusDevice};
+use crate::bus::BusDevice;
 
 /// Size of each device's register window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
@@ -51,11 +49,14 @@ const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
 const STATUS_FAILED: u32 = 0x80;
 
-/// Register file of one virtio-mmio device; the device model sits behind it.
+/// Register file of one virtio-mmio device; the device's front sits behind it (owned: no
+/// lock of the device thread is taken on a register access).
 pub struct MmioTransport {
-    device: Arc<Mutex<dyn VirtioDevice>>,
+    device: Box<dyn VirtioDevice>,
     mem: GuestMemoryMmap,
     queues: Vec<Queue>,
+    /// The driver wrote a queue setting we refused (size, alignment); DRIVER_OK then fails.
+    queue_setup_error: bool,
     queue_select: u32,
     device_features_select: u32,
     driver_features_select: u32,
@@ -65,12 +66,13 @@ pub struct MmioTransport {
 }
 
 impl MmioTransport {
-    pub fn new(mem: GuestMemoryMmap, device: Arc<Mutex<dyn VirtioDevice>>) -> Self {
-        let queues = fresh_queues(&*lock(&device));
+    pub fn new(mem: GuestMemoryMmap, device: Box<dyn VirtioDevice>) -> Self {
+        let queues = fresh_queues(&*device);
         Self {
             device,
             mem,
             queues,
+            queue_setup_error: false,
             queue_select: 0,
             device_features_select: 0,
             driver_features_select: 0,
@@ -78,10 +80,6 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
         }
-    }
-
-    pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
-        &self.device
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -93,7 +91,7 @@ impl MmioTransport {
     }
 
     fn read_register(&self, offset: u64) -> u32 {
-        let device = lock(&self.device);
+        let device = &self.device;
         match offset {
             MAGIC_VALUE => MAGIC,
             VERSION => MMIO_VERSION,
@@ -113,6 +111,7 @@ impl MmioTransport {
                 .get(self.queue_select as usize)
                 .map_or(0, |q| u32::from(q.ready())),
             INTERRUPT_STATUS => device.interrupt().status(),
+            STATUS if device.interrupt().needs_reset() => self.status | STATUS_DEVICE_NEEDS_RESET,
             STATUS => self.status,
             CONFIG_GENERATION => self.config_generation,
             _ => {
@@ -128,36 +127,16 @@ impl MmioTransport {
             DRIVER_FEATURES_SEL => self.driver_features_select = value,
             DRIVER_FEATURES => self.ack_features(value),
             QUEUE_SEL => self.queue_select = value,
-            QUEUE_NUM => {
-                if let Some(q) = self.selected_queue() {
-                    q.set_size(value as u16);
-                }
-            }
+            QUEUE_NUM => self.set_queue_size(value),
             QUEUE_READY => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(value == 1);
                 }
             }
-            QUEUE_DESC_LOW | QUEUE_DESC_HIGH => {
-                let (low, high) = split_address_write(offset == QUEUE_DESC_LOW, value);
-                if let Some(q) = self.selected_queue() {
-                    q.set_desc_table_address(low, high);
-                }
-            }
-            QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH => {
-                let (low, high) = split_address_write(offset == QUEUE_DRIVER_LOW, value);
-                if let Some(q) = self.selected_queue() {
-                    q.set_avail_ring_address(low, high);
-                }
-            }
-            QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH => {
-                let (low, high) = split_address_write(offset == QUEUE_DEVICE_LOW, value);
-                if let Some(q) = self.selected_queue() {
-                    q.set_used_ring_address(low, high);
-                }
-            }
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH
+            | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH => self.set_queue_address(offset, value),
             QUEUE_NOTIFY => self.notify_without_ioeventfd(value),
-            INTERRUPT_ACK => lock(&self.device).interrupt().ack(value),
+            INTERRUPT_ACK => self.device.interrupt().ack(value),
             STATUS => self.set_status(value),
             _ => log::debug!("virtio-mmio: write of {value:#x} to unknown register {offset:#x}"),
         }
@@ -177,10 +156,60 @@ impl MmioTransport {
         self.acked_features = (self.acked_features & !mask) | (u64::from(value) << shift);
     }
 
+    /// A size the queue cannot take (above its maximum, not a power of two, or wider than
+    /// 16 bits: 0x10010 is not 16) is remembered and fails DRIVER_OK, rather than leaving
+    /// the device and the driver with different ideas of the ring.
+    fn set_queue_size(&mut self, value: u32) {
+        let Some(q) = self.selected_queue() else {
+            return;
+        };
+        let accepted = u16::try_from(value)
+            .ok()
+            .is_some_and(|size| q.try_set_size(size).is_ok());
+        if !accepted {
+            log::debug!("virtio-mmio: queue size {value:#x} refused");
+            self.queue_setup_error = true;
+        }
+    }
+
+    /// One half of a ring address; misaligned addresses are refused like bad sizes.
+    fn set_queue_address(&mut self, offset: u64, value: u32) {
+        let Some(q) = self.selected_queue() else {
+            return;
+        };
+        type Setter = fn(&mut Queue, GuestAddress) -> Result<(), virtio_queue::Error>;
+        let (low, current, set): (bool, u64, Setter) = match offset {
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH => (
+                offset == QUEUE_DESC_LOW,
+                q.desc_table(),
+                Queue::try_set_desc_table_address,
+            ),
+            QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH => (
+                offset == QUEUE_DRIVER_LOW,
+                q.avail_ring(),
+                Queue::try_set_avail_ring_address,
+            ),
+            QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH => (
+                offset == QUEUE_DEVICE_LOW,
+                q.used_ring(),
+                Queue::try_set_used_ring_address,
+            ),
+            _ => return,
+        };
+        let address = if low {
+            (current & !0xffff_ffff) | u64::from(value)
+        } else {
+            (current & 0xffff_ffff) | (u64::from(value) << 32)
+        };
+        if set(q, GuestAddress(address)).is_err() {
+            log::debug!("virtio-mmio: misaligned ring address {address:#x} refused");
+            self.queue_setup_error = true;
+        }
+    }
+
     /// Only reached when KVM's ioeventfd did not take the write (e.g. a wrong access size).
     fn notify_without_ioeventfd(&self, queue: u32) {
-        let device = lock(&self.device);
-        if let Some(evt) = device.queue_events().get(queue as usize) {
+        if let Some(evt) = self.device.queue_events().get(queue as usize) {
             if let Err(e) = evt.write(1) {
                 log::error!("virtio-mmio: failed to forward a queue notification: {e}");
             }
@@ -209,12 +238,15 @@ impl MmioTransport {
     }
 
     fn features_acceptable(&self) -> bool {
-        let offered = lock(&self.device).features();
+        let offered = self.device.features();
         self.acked_features & !offered == 0 && self.acked_features & VIRTIO_F_VERSION_1 != 0
     }
 
     fn activate(&mut self) -> bool {
-        let mut device = lock(&self.device);
+        if self.queue_setup_error {
+            log::warn!("virtio-mmio: driver enabled the device after a refused queue setting");
+            return false;
+        }
         if let Some(i) = self.queues.iter().position(|q| !q.is_valid(&self.mem)) {
             log::warn!("virtio-mmio: driver enabled the device with queue {i} unusable");
             return false;
@@ -224,7 +256,7 @@ impl MmioTransport {
             queues: self.queues.iter().map(copy_queue).collect(),
             acked_features: self.acked_features,
         };
-        match device.activate(activation) {
+        match self.device.activate(activation) {
             Ok(()) => true,
             Err(e) => {
                 log::error!("virtio-mmio: device activation failed: {e}");
@@ -234,10 +266,10 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
-        let mut device = lock(&self.device);
-        device.reset();
-        device.interrupt().ack(u32::MAX);
-        self.queues = fresh_queues(&*device);
+        self.device.reset();
+        self.device.interrupt().clear();
+        self.queues = fresh_queues(&*self.device);
+        self.queue_setup_error = false;
         self.status = 0;
         self.acked_features = 0;
         self.queue_select = 0;
@@ -259,18 +291,10 @@ fn copy_queue(q: &Queue) -> Queue {
     Queue::try_from(q.state()).expect("a validated queue's own state is valid")
 }
 
-fn split_address_write(low: bool, value: u32) -> (Option<u32>, Option<u32>) {
-    if low {
-        (Some(value), None)
-    } else {
-        (None, Some(value))
-    }
-}
-
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE {
-            lock(&self.device).read_config(offset - CONFIG_SPACE, data);
+            self.device.read_config(offset - CONFIG_SPACE, data);
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
@@ -286,7 +310,7 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_SPACE {
-            lock(&self.device).write_config(offset - CONFIG_SPACE, data);
+            self.device.write_config(offset - CONFIG_SPACE, data);
             self.config_generation = self.config_generation.wrapping_add(1);
             return;
         }
@@ -307,15 +331,21 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::{ActivateError, Interrupt, INTERRUPT_USED_RING};
-    use vm_memory::GuestAddress;
+    use crate::virtio::{ActivateError, Interrupt, INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_RING};
+    use std::sync::{Arc, Mutex};
     use vmm_sys_util::eventfd::EventFd;
+
+    /// What the transport did to the device, seen from the test.
+    #[derive(Default)]
+    struct Record {
+        activated_with: Option<(usize, u64)>,
+        resets: usize,
+    }
 
     struct FakeDevice {
         queue_events: Vec<EventFd>,
-        interrupt: Interrupt,
-        activated_with: Option<(usize, u64)>,
-        resets: usize,
+        interrupt: Arc<Interrupt>,
+        record: Arc<Mutex<Record>>,
     }
 
     impl VirtioDevice for FakeDevice {
@@ -338,25 +368,43 @@ mod tests {
             crate::virtio::read_config_bytes(&[1, 2, 3, 4], offset, data);
         }
         fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
-            self.activated_with = Some((a.queues.len(), a.acked_features));
+            self.record.lock().unwrap().activated_with = Some((a.queues.len(), a.acked_features));
             Ok(())
         }
         fn reset(&mut self) {
-            self.resets += 1;
-            self.activated_with = None;
+            let mut r = self.record.lock().unwrap();
+            r.resets += 1;
+            r.activated_with = None;
         }
     }
 
-    fn transport() -> (MmioTransport, Arc<Mutex<FakeDevice>>) {
+    struct Fake {
+        interrupt: Arc<Interrupt>,
+        record: Arc<Mutex<Record>>,
+    }
+
+    impl Fake {
+        fn activated_with(&self) -> Option<(usize, u64)> {
+            self.record.lock().unwrap().activated_with
+        }
+        fn resets(&self) -> usize {
+            self.record.lock().unwrap().resets
+        }
+    }
+
+    fn transport() -> (MmioTransport, Fake) {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let evt = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let dev = Arc::new(Mutex::new(FakeDevice {
+        let fake = Fake {
+            interrupt: Arc::new(Interrupt::new(evt())),
+            record: Arc::default(),
+        };
+        let dev = FakeDevice {
             queue_events: vec![evt(), evt()],
-            interrupt: Interrupt::new(evt()),
-            activated_with: None,
-            resets: 0,
-        }));
-        (MmioTransport::new(mem, dev.clone()), dev)
+            interrupt: Arc::clone(&fake.interrupt),
+            record: Arc::clone(&fake.record),
+        };
+        (MmioTransport::new(mem, Box::new(dev)), fake)
     }
 
     fn rd(t: &mut MmioTransport, offset: u64) -> u32 {
@@ -421,10 +469,7 @@ mod tests {
         setup_queue(&mut t, 1, 0x2_0000);
         wr(&mut t, STATUS, 0xf);
         assert_eq!(rd(&mut t, STATUS), 0xf);
-        assert_eq!(
-            dev.lock().unwrap().activated_with,
-            Some((2, VIRTIO_F_VERSION_1 | 1 << 5))
-        );
+        assert_eq!(dev.activated_with(), Some((2, VIRTIO_F_VERSION_1 | 1 << 5)));
         // Queue registers are frozen once running.
         wr(&mut t, QUEUE_SEL, 0);
         wr(&mut t, QUEUE_READY, 0);
@@ -448,18 +493,18 @@ mod tests {
         // Queue 1 is never set up; its rings point at address 0 but it is not ready.
         wr(&mut t, STATUS, 0xf);
         assert_ne!(rd(&mut t, STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
-        assert!(dev.lock().unwrap().activated_with.is_none());
+        assert!(dev.activated_with().is_none());
         // A ring outside guest memory is refused too.
         setup_queue(&mut t, 1, 0xfff0_0000);
         wr(&mut t, STATUS, 0);
-        assert_eq!(dev.lock().unwrap().resets, 2, "one per negotiate, one now");
+        assert_eq!(dev.resets(), 2, "one per negotiate, one now");
         assert_eq!(rd(&mut t, STATUS), 0);
     }
 
     #[test]
     fn interrupt_status_and_ack() {
         let (mut t, dev) = transport();
-        dev.lock().unwrap().interrupt.signal(INTERRUPT_USED_RING);
+        dev.interrupt.signal(INTERRUPT_USED_RING);
         assert_eq!(rd(&mut t, INTERRUPT_STATUS), INTERRUPT_USED_RING);
         wr(&mut t, INTERRUPT_ACK, INTERRUPT_USED_RING);
         assert_eq!(rd(&mut t, INTERRUPT_STATUS), 0);
@@ -474,5 +519,53 @@ mod tests {
         t.write(STATUS, &[1]);
         assert_eq!(rd(&mut t, STATUS), 0);
         wr(&mut t, 0x0ff0, 5);
+    }
+
+    #[test]
+    fn refused_queue_sizes_and_addresses_fail_driver_ok() {
+        for (register, value) in [
+            (QUEUE_NUM, 0x10010), // not 16: wider than the register's 16 bits
+            (QUEUE_NUM, 12),      // not a power of two
+            (QUEUE_NUM, 32),      // above QUEUE_NUM_MAX
+            (QUEUE_DESC_LOW, 0x1_0008),
+            (QUEUE_DRIVER_LOW, 0x1_1001),
+            (QUEUE_DEVICE_LOW, 0x1_2002),
+        ] {
+            let (mut t, dev) = transport();
+            negotiate(&mut t, VIRTIO_F_VERSION_1);
+            setup_queue(&mut t, 1, 0x2_0000);
+            setup_queue(&mut t, 0, 0x1_0000);
+            wr(&mut t, register, value);
+            wr(&mut t, STATUS, 0xf);
+            let status = rd(&mut t, STATUS);
+            assert_ne!(
+                status & STATUS_DEVICE_NEEDS_RESET,
+                0,
+                "{register:#x}={value:#x}"
+            );
+            assert!(dev.activated_with().is_none(), "{register:#x}={value:#x}");
+            // A reset forgets it: the same driver can start over.
+            negotiate(&mut t, VIRTIO_F_VERSION_1);
+            setup_queue(&mut t, 1, 0x2_0000);
+            setup_queue(&mut t, 0, 0x1_0000);
+            wr(&mut t, STATUS, 0xf);
+            assert_eq!(rd(&mut t, STATUS), 0xf, "{register:#x}={value:#x}");
+        }
+    }
+
+    #[test]
+    fn a_device_that_gave_up_shows_needs_reset_until_the_driver_resets_it() {
+        let (mut t, dev) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 0x1_0000);
+        setup_queue(&mut t, 1, 0x2_0000);
+        wr(&mut t, STATUS, 0xf);
+        assert!(dev.interrupt.set_needs_reset());
+        assert!(!dev.interrupt.set_needs_reset(), "reported once");
+        assert_eq!(rd(&mut t, STATUS), 0xf | STATUS_DEVICE_NEEDS_RESET);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), INTERRUPT_CONFIG_CHANGE);
+        wr(&mut t, STATUS, 0);
+        assert_eq!(rd(&mut t, STATUS), 0);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), 0);
     }
 }

@@ -1,14 +1,16 @@
 //! Virtio devices over the MMIO transport.
 
-mod activation;
 pub mod block;
+mod front;
 mod mmio;
+mod queue;
 pub mod vsock;
 
-pub use activation::PendingActivation;
+pub use front::{QueueWorker, VirtioFront};
 pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
+pub use queue::{collect_chain, pop_chain, ChainTooLong, QueueBroken};
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -22,10 +24,12 @@ pub const INTERRUPT_USED_RING: u32 = 1;
 pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
 
 /// The device's interrupt line: the status register the driver reads plus the irqfd that
-/// injects the interrupt.
+/// injects the interrupt, and the device thread's DEVICE_NEEDS_RESET. Shared by the
+/// transport (vCPU threads) and the device thread without a lock.
 #[derive(Debug)]
 pub struct Interrupt {
     status: AtomicU32,
+    needs_reset: AtomicBool,
     irqfd: EventFd,
 }
 
@@ -33,6 +37,7 @@ impl Interrupt {
     pub fn new(irqfd: EventFd) -> Self {
         Self {
             status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             irqfd,
         }
     }
@@ -56,6 +61,27 @@ impl Interrupt {
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// The device gave up on the driver's queues (virtio 1.2, 2.1.2): the status register
+    /// shows DEVICE_NEEDS_RESET and the driver gets a configuration-change interrupt.
+    /// Returns false when it was already set.
+    pub fn set_needs_reset(&self) -> bool {
+        let first = !self.needs_reset.swap(true, Ordering::SeqCst);
+        if first {
+            self.signal(INTERRUPT_CONFIG_CHANGE);
+        }
+        first
+    }
+
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// The driver reset the device: no pending interrupt, no pending reset request.
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
 }
 
 /// What a device receives when the driver sets DRIVER_OK.
@@ -73,8 +99,8 @@ pub enum ActivateError {
     Signal(#[source] std::io::Error),
 }
 
-/// A virtio device as the transport sees it. Queue processing happens elsewhere (the
-/// device thread); these calls come from vCPU threads.
+/// A virtio device as the transport sees it. These calls come from vCPU threads and never
+/// wait for device I/O: queue processing happens on the device thread (`QueueWorker`).
 pub trait VirtioDevice: Send {
     /// Virtio device ID (2 = block, 19 = vsock).
     fn device_type(&self) -> u32;

@@ -1,24 +1,29 @@
 //! The virtio-blk device: configuration, features, activation, and the event-manager glue
-//! that runs its queue on the device thread.
+//! that runs its queue on the device thread (the `QueueWorker` half; `VirtioFront` is the
+//! transport's).
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{BlockHandler, DiskInfo};
-use super::request::MAX_RANGES;
+use super::request::{
+    MAX_DATA_DESCRIPTORS, MAX_DISCARD_RANGES, MAX_DISCARD_SECTORS, MAX_SEGMENT_BYTES,
+    MAX_WRITE_ZEROES_RANGES, MAX_WRITE_ZEROES_SECTORS,
+};
 use super::{DiskEngine, RawFile, DEVICE_ID_LEN, SECTOR_SIZE};
 use crate::virtio::{
-    ActivateError, Activation, Interrupt, PendingActivation, VirtioDevice, INTERRUPT_USED_RING,
-    VIRTIO_F_VERSION_1,
+    ActivateError, Activation, Interrupt, QueueWorker, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1,
 };
 
 const VIRTIO_ID_BLOCK: u32 = 2;
 const QUEUE_SIZE: u16 = 256;
 
+const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
 const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
@@ -30,11 +35,8 @@ const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// `struct virtio_blk_config` up to and including `write_zeroes_may_unmap`.
 const CONFIG_LEN: usize = 0x3c;
-/// Largest discard / write-zeroes range we advertise, in sectors (4 GiB).
-const MAX_DISCARD_SECTORS: u32 = 1 << 23;
 
-/// Event-manager data tags.
-const ACTIVATE_EVENT: u32 = 0;
+/// Event-manager data tag of the queue notification.
 const QUEUE_EVENT: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +72,8 @@ pub struct Block {
     features: u64,
     config_space: [u8; CONFIG_LEN],
     queue_events: [EventFd; 1],
-    interrupt: Interrupt,
-    activation: PendingActivation,
+    interrupt: Arc<Interrupt>,
     handler: Option<BlockHandler>,
-    queue_event_registered: bool,
 }
 
 impl Block {
@@ -118,6 +118,7 @@ impl Block {
         id_bytes[..id.len()].copy_from_slice(id.as_bytes());
         let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd);
         let mut features = VIRTIO_F_VERSION_1
+            | VIRTIO_BLK_F_SIZE_MAX
             | VIRTIO_BLK_F_SEG_MAX
             | VIRTIO_BLK_F_BLK_SIZE
             | VIRTIO_BLK_F_FLUSH
@@ -135,10 +136,8 @@ impl Block {
             id: id_bytes,
             features,
             queue_events: [new_evt()?],
-            interrupt: Interrupt::new(new_evt()?),
-            activation: PendingActivation::new().map_err(BlockError::EventFd)?,
+            interrupt: Arc::new(Interrupt::new(new_evt()?)),
             handler: None,
-            queue_event_registered: false,
         })
     }
 
@@ -155,37 +154,25 @@ impl Block {
             id: &self.id,
             read_only: self.read_only,
         };
-        if handler.process_queue(self.engine.as_mut(), &disk) {
-            self.interrupt.signal(INTERRUPT_USED_RING);
+        match handler.process_queue(self.engine.as_mut(), &disk) {
+            Ok(true) => self.interrupt.signal(INTERRUPT_USED_RING),
+            Ok(false) => {}
+            Err(e) => {
+                // Logged once: the queue is dropped until the driver resets the device.
+                log::warn!(
+                    "virtio-blk {:?}: {e}; the device needs a reset",
+                    self.id_str()
+                );
+                self.handler = None;
+                self.interrupt.set_needs_reset();
+            }
         }
     }
 
-    fn start_handler(&mut self, ops: &mut EventOps) {
-        let Some(Activation {
-            mem,
-            mut queues,
-            acked_features,
-        }) = self.activation.take()
-        else {
-            return;
-        };
-        let Some(mut queue) = queues.pop() else {
-            return;
-        };
-        virtio_queue::QueueT::set_event_idx(
-            &mut queue,
-            acked_features & VIRTIO_RING_F_EVENT_IDX != 0,
-        );
-        self.handler = Some(BlockHandler::new(mem, queue));
-        if !self.queue_event_registered {
-            let evt = Events::with_data(&self.queue_events[0], QUEUE_EVENT, EventSet::IN);
-            match ops.add(evt) {
-                Ok(()) => self.queue_event_registered = true,
-                Err(e) => log::error!("virtio-blk: cannot watch the queue: {e:?}"),
-            }
-        }
-        // The driver may have queued requests before we started watching.
-        self.process_queue();
+    fn id_str(&self) -> String {
+        String::from_utf8_lossy(&self.id)
+            .trim_end_matches('\0')
+            .to_string()
     }
 }
 
@@ -193,21 +180,19 @@ fn config_space(size: u64) -> [u8; CONFIG_LEN] {
     let mut c = [0u8; CONFIG_LEN];
     let mut put = |at: usize, bytes: &[u8]| c[at..at + bytes.len()].copy_from_slice(bytes);
     put(0x00, &(size / SECTOR_SIZE).to_le_bytes()); // capacity
-    put(
-        0x0c,
-        &(super::request::MAX_DATA_DESCRIPTORS as u32).to_le_bytes(),
-    ); // seg_max
+    put(0x08, &MAX_SEGMENT_BYTES.to_le_bytes()); // size_max
+    put(0x0c, &(MAX_DATA_DESCRIPTORS as u32).to_le_bytes()); // seg_max
     put(0x14, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
     put(0x24, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_discard_sectors
-    put(0x28, &(MAX_RANGES as u32).to_le_bytes()); // max_discard_seg
+    put(0x28, &(MAX_DISCARD_RANGES as u32).to_le_bytes()); // max_discard_seg
     put(0x2c, &1u32.to_le_bytes()); // discard_sector_alignment
-    put(0x30, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
-    put(0x34, &(MAX_RANGES as u32).to_le_bytes()); // max_write_zeroes_seg
+    put(0x30, &MAX_WRITE_ZEROES_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+    put(0x34, &(MAX_WRITE_ZEROES_RANGES as u32).to_le_bytes()); // max_write_zeroes_seg
     put(0x38, &[1]); // write_zeroes_may_unmap
     c
 }
 
-impl VirtioDevice for Block {
+impl QueueWorker for Block {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
     }
@@ -224,34 +209,45 @@ impl VirtioDevice for Block {
         &self.queue_events
     }
 
-    fn interrupt(&self) -> &Interrupt {
+    fn interrupt(&self) -> &Arc<Interrupt> {
         &self.interrupt
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_bytes(&self.config_space, offset, data);
+    fn config_space(&self) -> Vec<u8> {
+        self.config_space.to_vec()
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        self.activation.hand_over(activation, 1)
+        let Activation {
+            mem,
+            mut queues,
+            acked_features,
+        } = activation;
+        let mut queue = queues.pop().ok_or(ActivateError::QueueNotReady(0))?;
+        virtio_queue::QueueT::set_event_idx(
+            &mut queue,
+            acked_features & VIRTIO_RING_F_EVENT_IDX != 0,
+        );
+        self.handler = Some(BlockHandler::new(mem, queue));
+        Ok(())
     }
 
     fn reset(&mut self) {
-        self.activation.cancel();
         self.handler = None;
     }
 }
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        self.activation.watch(ops, ACTIVATE_EVENT, "virtio-blk");
+        // Watched from the start: notifications before activation find no handler.
+        let evt = Events::with_data(&self.queue_events[0], QUEUE_EVENT, EventSet::IN);
+        if let Err(e) = ops.add(evt) {
+            log::error!("virtio-blk: cannot watch the queue: {e:?}");
+        }
     }
 
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _: &mut EventOps) {
         match events.data() {
-            ACTIVATE_EVENT => {
-                self.start_handler(ops);
-            }
             QUEUE_EVENT => {
                 // A failed read only means the counter was already drained.
                 let _ = self.queue_events[0].read();
@@ -259,5 +255,102 @@ impl MutEventSubscriber for Block {
             }
             other => log::warn!("virtio-blk: unexpected event tag {other}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::BusDevice;
+    use crate::virtio::block::handler::tests::{guest_memory, header, post};
+    use crate::virtio::{MmioTransport, VirtioDevice, VirtioFront};
+    use event_manager::SubscriberOps;
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::time::Duration;
+    use vm_memory::VolatileSlice;
+
+    /// A disk whose flush takes as long as the test wants: an fsync on a slow host disk.
+    struct SlowFlush {
+        entered: Sender<()>,
+        release: Receiver<()>,
+    }
+
+    impl DiskEngine for SlowFlush {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+        fn read_at(&mut self, _: &VolatileSlice<'_>, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_at(&mut self, _: &VolatileSlice<'_>, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.entered.send(()).unwrap();
+            self.release.recv().unwrap();
+            Ok(())
+        }
+        fn discard(&mut self, _: u64, _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_zeroes(&mut self, _: u64, _: u64, _: bool) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The interrupt path reads INTERRUPT_STATUS on a vCPU; it must not wait for a flush
+    /// that the device thread is in the middle of.
+    #[test]
+    fn register_reads_do_not_wait_for_the_device_threads_io() {
+        let (entered_tx, entered) = channel();
+        let (release, release_rx) = channel();
+        let engine = SlowFlush {
+            entered: entered_tx,
+            release: release_rx,
+        };
+        let block = Block::with_engine(Box::new(engine), false, "slow").unwrap();
+        let (mut front, worker) = VirtioFront::new(block).unwrap();
+        let mem = guest_memory();
+        let queue = virtio_queue::mock::MockSplitQueue::create(&mem, vm_memory::GuestAddress(0), 8);
+        header(&mem, 0x10_0000, 4, 0); // FLUSH
+        post(
+            &queue,
+            &[vec![(0x10_0000, 16, false), (0x30_0000, 1, true)]],
+            0,
+        );
+        front
+            .activate(Activation {
+                mem: mem.clone(),
+                queues: vec![queue.create_queue().unwrap()],
+                acked_features: VIRTIO_F_VERSION_1,
+            })
+            .unwrap();
+        let mut transport = MmioTransport::new(mem, Box::new(front));
+        let mut em = event_manager::EventManager::<Arc<std::sync::Mutex<Block>>>::new().unwrap();
+        em.add_subscriber(worker);
+        let device_thread = std::thread::spawn(move || {
+            em.run_with_timeout(5000).unwrap();
+        });
+        entered
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the device thread never started the flush");
+
+        let (done_tx, done) = channel();
+        let vcpu = std::thread::spawn(move || {
+            let mut isr = [0u8; 4];
+            transport.read(0x60, &mut isr);
+            let mut capacity = [0u8; 8];
+            transport.read(0x100, &mut capacity);
+            done_tx.send(u64::from_le_bytes(capacity)).unwrap();
+            transport
+        });
+        let capacity = done.recv_timeout(Duration::from_secs(5));
+        release.send(()).unwrap();
+        device_thread.join().unwrap();
+        vcpu.join().unwrap();
+        assert_eq!(
+            capacity.expect("a register read waited for the flush"),
+            (1 << 20) / SECTOR_SIZE
+        );
     }
 }

@@ -19,8 +19,8 @@ pub trait DiskEngine: Send {
     fn flush(&mut self) -> io::Result<()>;
     /// Releases the range's storage; it reads back as zeroes.
     fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
-    /// Makes the range read as zeroes.
-    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()>;
+    /// Makes the range read as zeroes; with `unmap`, its storage may be released.
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
 }
 
 /// A raw image file, accessed with positional I/O straight into guest memory.
@@ -38,7 +38,23 @@ impl RawFile {
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    }
+
+    /// Zeroes the range and keeps it allocated.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    }
+
+    fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {
         let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         };
@@ -136,13 +152,23 @@ impl DiskEngine for RawFile {
         }
     }
 
-    fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        match self.punch_hole(offset, len) {
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                self.write_zero_bytes(offset, len)
-            }
-            other => other,
+    /// Punches a hole when allowed to unmap, else zeroes the range in place; writes the
+    /// zeroes only where the filesystem can do neither (the request parser bounds that).
+    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+        let unsupported =
+            |r: &io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP));
+        let mut result = if unmap {
+            self.punch_hole(offset, len)
+        } else {
+            Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        };
+        if unsupported(&result) {
+            result = self.zero_range(offset, len);
         }
+        if unsupported(&result) {
+            result = self.write_zero_bytes(offset, len);
+        }
+        result
     }
 }
 
@@ -194,12 +220,23 @@ mod tests {
         let (f, mut raw) = image(&vec![0xaa; 1 << 20]);
         let before = std::fs::metadata(f.path()).unwrap().blocks();
         raw.discard(0, 512 * 1024).unwrap();
-        raw.write_zeroes(512 * 1024, 4096).unwrap();
+        raw.write_zeroes(512 * 1024, 4096, true).unwrap();
         let after = std::fs::metadata(f.path()).unwrap();
         assert_eq!(after.len(), 1 << 20, "size is kept");
         assert!(after.blocks() < before, "{} !< {before}", after.blocks());
         let data = std::fs::read(f.path()).unwrap();
         assert!(data[..512 * 1024 + 4096].iter().all(|&b| b == 0));
         assert_eq!(data[512 * 1024 + 4096], 0xaa);
+    }
+
+    #[test]
+    fn write_zeroes_without_unmap_keeps_the_range_allocated() {
+        let (f, mut raw) = image(&vec![0xaa; 1 << 20]);
+        let before = std::fs::metadata(f.path()).unwrap().blocks();
+        raw.write_zeroes(0, 512 * 1024, false).unwrap();
+        assert_eq!(std::fs::metadata(f.path()).unwrap().blocks(), before);
+        let data = std::fs::read(f.path()).unwrap();
+        assert!(data[..512 * 1024].iter().all(|&b| b == 0));
+        assert_eq!(data[512 * 1024], 0xaa);
     }
 }

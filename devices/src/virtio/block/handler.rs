@@ -5,8 +5,12 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::request::{ParseError, Request, RequestKind};
+use super::request::{ParseError, Request, RequestKind, MAX_DATA_DESCRIPTORS};
 use super::{DiskEngine, DEVICE_ID_LEN, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+use crate::virtio::{collect_chain, pop_chain, QueueBroken};
+
+/// A header, the data descriptors and a status byte.
+const MAX_CHAIN: usize = MAX_DATA_DESCRIPTORS + 2;
 
 /// The active state of a block device's single request queue.
 pub struct BlockHandler {
@@ -34,16 +38,26 @@ impl BlockHandler {
     }
 
     /// Completes every available chain; returns whether the driver must be interrupted.
-    pub fn process_queue(&mut self, engine: &mut dyn DiskEngine, disk: &DiskInfo) -> bool {
+    /// A broken avail ring is an error: the caller drops the queue.
+    pub fn process_queue(
+        &mut self,
+        engine: &mut dyn DiskEngine,
+        disk: &DiskInfo,
+    ) -> Result<bool, QueueBroken> {
         loop {
             if let Err(e) = self.queue.disable_notification(&self.mem) {
                 log::warn!("virtio-blk: cannot disable notifications: {e}");
             }
-            while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
+            while let Some(chain) = pop_chain(&mut self.queue, &self.mem)? {
                 let head = chain.head_index();
-                self.descs.clear();
-                self.descs.extend(chain);
-                let used_len = self.complete_chain(engine, disk);
+                let used_len = match collect_chain(chain, &mut self.descs, MAX_CHAIN) {
+                    Ok(()) => self.complete_chain(engine, disk),
+                    Err(e) => {
+                        // No status byte to answer with: the chain was not read to its end.
+                        log::debug!("virtio-blk: {e}; returned unanswered");
+                        0
+                    }
+                };
                 if let Err(e) = self.queue.add_used(&self.mem, head, used_len) {
                     log::warn!("virtio-blk: cannot return descriptor {head}: {e}");
                 }
@@ -57,7 +71,7 @@ impl BlockHandler {
                 }
             }
         }
-        self.queue.needs_notification(&self.mem).unwrap_or(true)
+        Ok(self.queue.needs_notification(&self.mem).unwrap_or(true))
     }
 
     /// Runs the chain in `self.descs`; returns the bytes written to guest memory.
@@ -68,6 +82,10 @@ impl BlockHandler {
             Err(ParseError::BadStatusDescriptor) => {
                 log::debug!("virtio-blk: chain without a status byte dropped");
                 return 0;
+            }
+            Err(e) if e.is_unsupported() => {
+                log::debug!("virtio-blk: unsupported request: {e}");
+                (VIRTIO_BLK_S_UNSUPP, 0)
             }
             Err(e) => {
                 log::debug!("virtio-blk: malformed request: {e}");
@@ -80,7 +98,8 @@ impl BlockHandler {
         if self.mem.write_obj(status, status_addr).is_err() {
             return 0;
         }
-        data_written + 1
+        // The parser bounds a request's data far below u32::MAX.
+        data_written.saturating_add(1)
     }
 
     /// Returns the status and the number of data bytes written to guest memory.
@@ -111,7 +130,7 @@ impl BlockHandler {
             RequestKind::WriteZeroes => req
                 .ranges
                 .iter()
-                .try_for_each(|r| engine.write_zeroes(r.offset, r.len))
+                .try_for_each(|r| engine.write_zeroes(r.offset, r.len, r.unmap))
                 .map(|()| 0),
             RequestKind::Unsupported(t) => {
                 log::debug!("virtio-blk: unsupported request type {t}");
@@ -230,7 +249,9 @@ pub(crate) mod tests {
         let mut handler = BlockHandler::new(s.mem.clone(), queue.create_queue().unwrap());
         let mut engine = RawFile::new(s.file.reopen().unwrap()).unwrap();
         let id = *b"test-disk\0\0\0\0\0\0\0\0\0\0\0";
-        let notify = handler.process_queue(&mut engine, &DiskInfo { id: &id, read_only });
+        let notify = handler
+            .process_queue(&mut engine, &DiskInfo { id: &id, read_only })
+            .unwrap();
         assert!(notify);
         let used = queue.used();
         assert_eq!(used.idx().load(), chains.len() as u16);

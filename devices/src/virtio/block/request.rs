@@ -19,8 +19,24 @@ const HEADER_LEN: u32 = 16;
 pub const SEGMENT_LEN: u32 = 16;
 /// Data descriptors one request may carry (Linux uses at most `seg_max`).
 pub const MAX_DATA_DESCRIPTORS: usize = 256;
-/// Discard / write-zeroes ranges one request may carry (`max_discard_seg`).
-pub const MAX_RANGES: usize = 32;
+/// Largest data descriptor we advertise (`size_max`).
+pub const MAX_SEGMENT_BYTES: u32 = 4 << 20;
+/// A request's data, at most: `seg_max` x `size_max` (1 GiB), so that the bytes written
+/// plus the status byte always fit the used element's 32-bit length, however the driver
+/// aliases its descriptors.
+pub const MAX_REQUEST_BYTES: u64 = MAX_DATA_DESCRIPTORS as u64 * MAX_SEGMENT_BYTES as u64;
+/// Discard ranges one request may carry (`max_discard_seg`).
+pub const MAX_DISCARD_RANGES: usize = 32;
+/// Largest discard range, in sectors (`max_discard_sectors`: 4 GiB).
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 23;
+/// Write-zeroes ranges one request may carry (`max_write_zeroes_seg`; Linux sends one).
+pub const MAX_WRITE_ZEROES_RANGES: usize = 1;
+/// Largest write-zeroes range, in sectors (`max_write_zeroes_sectors`: 64 MiB). On a host
+/// filesystem that can neither punch holes nor zero ranges, the device thread writes the
+/// zeroes itself; this bounds how long that takes.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 17;
+/// The only flag of a discard / write-zeroes range.
+const RANGE_FLAG_UNMAP: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
@@ -77,6 +93,8 @@ unsafe impl ByteValued for RawRange {}
 pub struct ByteRange {
     pub offset: u64,
     pub len: u64,
+    /// Write zeroes only: the device may deallocate the range.
+    pub unmap: bool,
 }
 
 /// A parsed request. Data segments are guest ranges already checked to lie in memory.
@@ -119,6 +137,19 @@ pub enum ParseError {
     UnexpectedData,
     #[error("discard/write-zeroes payload is malformed")]
     BadRanges,
+    #[error("request carries more than {MAX_REQUEST_BYTES} bytes of data")]
+    TooLarge,
+    #[error("discard/write-zeroes range of {sectors} sectors exceeds the advertised {max}")]
+    RangeTooLarge { sectors: u32, max: u32 },
+    #[error("discard/write-zeroes range has flags {0:#x} the request type does not allow")]
+    UnsupportedFlags(u32),
+}
+
+impl ParseError {
+    /// Answered with UNSUPP rather than IOERR (virtio 1.2, 5.2.6.2).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Self::UnsupportedFlags(_))
+    }
 }
 
 impl Request {
@@ -172,6 +203,9 @@ impl Request {
             }
             self.data.push((d.addr(), d.len()));
             self.data_len += u64::from(d.len());
+            if self.data_len > MAX_REQUEST_BYTES {
+                return Err(ParseError::TooLarge);
+            }
         }
 
         match kind {
@@ -194,14 +228,28 @@ impl Request {
                 }
             }
             RequestKind::Discard | RequestKind::WriteZeroes => {
-                self.parse_ranges(mem, capacity)?;
+                self.parse_ranges(kind, mem, capacity)?;
             }
             RequestKind::Unsupported(_) => {}
         }
         Ok(())
     }
 
-    fn parse_ranges(&mut self, mem: &GuestMemoryMmap, capacity: u64) -> Result<(), ParseError> {
+    fn parse_ranges(
+        &mut self,
+        kind: RequestKind,
+        mem: &GuestMemoryMmap,
+        capacity: u64,
+    ) -> Result<(), ParseError> {
+        let (max_ranges, max_sectors, allowed_flags) = if kind == RequestKind::Discard {
+            (MAX_DISCARD_RANGES, MAX_DISCARD_SECTORS, 0)
+        } else {
+            (
+                MAX_WRITE_ZEROES_RANGES,
+                MAX_WRITE_ZEROES_SECTORS,
+                RANGE_FLAG_UNMAP,
+            )
+        };
         if self.data_len == 0 || !self.data_len.is_multiple_of(u64::from(SEGMENT_LEN)) {
             return Err(ParseError::BadRanges);
         }
@@ -210,17 +258,30 @@ impl Request {
                 return Err(ParseError::BadRanges);
             }
             for i in 0..u64::from(len / SEGMENT_LEN) {
-                if self.ranges.len() == MAX_RANGES {
+                if self.ranges.len() == max_ranges {
                     return Err(ParseError::BadRanges);
                 }
                 let at = addr
                     .checked_add(i * u64::from(SEGMENT_LEN))
                     .ok_or(ParseError::BadRanges)?;
                 let raw: RawRange = mem.read_obj(at).map_err(|_| ParseError::BadRanges)?;
+                if raw.flags & !allowed_flags != 0 {
+                    return Err(ParseError::UnsupportedFlags(raw.flags));
+                }
+                if raw.num_sectors > max_sectors {
+                    return Err(ParseError::RangeTooLarge {
+                        sectors: raw.num_sectors,
+                        max: max_sectors,
+                    });
+                }
                 let offset = sector_offset(raw.sector)?;
                 let len = u64::from(raw.num_sectors) * SECTOR_SIZE;
                 check_capacity(offset, len, capacity)?;
-                self.ranges.push(ByteRange { offset, len });
+                self.ranges.push(ByteRange {
+                    offset,
+                    len,
+                    unmap: raw.flags & RANGE_FLAG_UNMAP != 0,
+                });
             }
         }
         Ok(())
@@ -382,11 +443,13 @@ mod tests {
             vec![
                 ByteRange {
                     offset: 4096,
-                    len: 8192
+                    len: 8192,
+                    unmap: false
                 },
                 ByteRange {
                     offset: 51200,
-                    len: 512
+                    len: 512,
+                    unmap: false
                 }
             ]
         );
@@ -404,5 +467,96 @@ mod tests {
         let (req, res) = parse(&[hdr, writable(0x4000, 1)], &m);
         res.unwrap();
         assert_eq!(req.kind, Some(RequestKind::Unsupported(77)));
+    }
+
+    /// Many descriptors that all point at the same page: 2 x 4 GiB - 2 bytes of "data",
+    /// which used to overflow the used length.
+    #[test]
+    fn aliased_descriptors_cannot_add_up_past_the_request_limit() {
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000_1000)]).unwrap();
+        let hdr = header(&m, 0x1000, VIRTIO_BLK_T_IN, 0);
+        let huge = writable(0x1000, 0xffff_fe00);
+        let (_, res) = parse(&[hdr, huge, huge, writable(0x4000, 1)], &m);
+        assert_eq!(res, Err(ParseError::TooLarge));
+        let fits = writable(0x1000, MAX_SEGMENT_BYTES);
+        let descs: Vec<_> = std::iter::once(hdr)
+            .chain(std::iter::repeat_n(fits, 2))
+            .chain([writable(0x4000, 1)])
+            .collect();
+        let mut req = Request::default();
+        req.parse(&descs, &m, u64::MAX / 2).unwrap();
+        assert_eq!(req.data_len, 2 * u64::from(MAX_SEGMENT_BYTES));
+    }
+
+    fn range_request(
+        m: &GuestMemoryMmap,
+        kind: u32,
+        ranges: &[RawRange],
+    ) -> (Request, Result<(), ParseError>) {
+        for (i, r) in ranges.iter().enumerate() {
+            m.write_obj(*r, GuestAddress(0x2000 + 16 * i as u64))
+                .unwrap();
+        }
+        let hdr = header(m, 0x1000, kind, 0);
+        let len = 16 * ranges.len() as u32;
+        parse(&[hdr, readable(0x2000, len), writable(0x8000, 1)], m)
+    }
+
+    fn range(num_sectors: u32, flags: u32) -> RawRange {
+        RawRange {
+            sector: 0,
+            num_sectors,
+            flags,
+        }
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_keep_to_the_advertised_limits_and_flags() {
+        let m = mem();
+        use ParseError::*;
+        let cases: [(u32, Vec<RawRange>, Result<(), ParseError>); 8] = [
+            (VIRTIO_BLK_T_DISCARD, vec![range(8, 0); 32], Ok(())),
+            (VIRTIO_BLK_T_DISCARD, vec![range(8, 0); 33], Err(BadRanges)),
+            (
+                VIRTIO_BLK_T_DISCARD,
+                vec![range(8, 1)],
+                Err(UnsupportedFlags(1)),
+            ),
+            (VIRTIO_BLK_T_WRITE_ZEROES, vec![range(8, 1)], Ok(())),
+            (
+                VIRTIO_BLK_T_WRITE_ZEROES,
+                vec![range(8, 4)],
+                Err(UnsupportedFlags(4)),
+            ),
+            (
+                VIRTIO_BLK_T_WRITE_ZEROES,
+                vec![range(8, 0); 2],
+                Err(BadRanges),
+            ),
+            (
+                VIRTIO_BLK_T_WRITE_ZEROES,
+                vec![range(MAX_WRITE_ZEROES_SECTORS + 1, 0)],
+                Err(RangeTooLarge {
+                    sectors: MAX_WRITE_ZEROES_SECTORS + 1,
+                    max: MAX_WRITE_ZEROES_SECTORS,
+                }),
+            ),
+            (
+                VIRTIO_BLK_T_DISCARD,
+                vec![range(MAX_DISCARD_SECTORS + 1, 0)],
+                Err(RangeTooLarge {
+                    sectors: MAX_DISCARD_SECTORS + 1,
+                    max: MAX_DISCARD_SECTORS,
+                }),
+            ),
+        ];
+        for (kind, ranges, want) in cases {
+            let (_, got) = range_request(&m, kind, &ranges);
+            assert_eq!(got, want, "type {kind}, {} ranges", ranges.len());
+        }
+        let (req, res) = range_request(&m, VIRTIO_BLK_T_WRITE_ZEROES, &[range(8, 1)]);
+        res.unwrap();
+        assert!(req.ranges[0].unmap);
+        assert!(UnsupportedFlags(4).is_unsupported() && !BadRanges.is_unsupported());
     }
 }

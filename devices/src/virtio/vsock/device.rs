@@ -1,7 +1,9 @@
 //! The virtio-vsock device: configuration, activation, and the event-manager glue that runs
-//! its queues and its Unix-socket backend on the device thread.
+//! its queues and its Unix-socket backend on the device thread (the `QueueWorker` half;
+//! `VirtioFront` is the transport's).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
@@ -10,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::handler::{VsockHandler, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
 use super::muxer::{Muxer, MuxerError};
 use crate::virtio::{
-    ActivateError, Activation, Interrupt, PendingActivation, VirtioDevice, INTERRUPT_USED_RING,
+    ActivateError, Activation, Interrupt, QueueBroken, QueueWorker, INTERRUPT_USED_RING,
     VIRTIO_F_VERSION_1,
 };
 
@@ -19,7 +21,6 @@ const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 
 /// Event-manager data tags.
-const ACTIVATE_EVENT: u32 = 0;
 const RX_EVENT: u32 = 1;
 const TX_EVENT: u32 = 2;
 const EVENT_QUEUE_EVENT: u32 = 3;
@@ -46,11 +47,9 @@ pub enum VsockError {
 pub struct Vsock {
     config_space: [u8; 8],
     queue_events: [EventFd; 3],
-    interrupt: Interrupt,
-    activation: PendingActivation,
+    interrupt: Arc<Interrupt>,
     handler: Option<VsockHandler>,
     muxer: Muxer,
-    queue_events_registered: bool,
 }
 
 impl Vsock {
@@ -64,11 +63,9 @@ impl Vsock {
         Ok(Self {
             config_space: config.guest_cid.to_le_bytes(),
             queue_events: [new_evt()?, new_evt()?, new_evt()?],
-            interrupt: Interrupt::new(new_evt()?),
-            activation: PendingActivation::new().map_err(VsockError::EventFd)?,
+            interrupt: Arc::new(Interrupt::new(new_evt()?)),
             handler: None,
             muxer: Muxer::new(config.guest_cid, config.uds_path.clone())?,
-            queue_events_registered: false,
         })
     }
 
@@ -87,50 +84,37 @@ impl Vsock {
             return;
         };
         // Answers to what the guest sent (RESPONSE, RST, credit) go out right away.
-        let tx = handler.process_tx(&mut self.muxer);
-        let rx = handler.process_rx(&mut self.muxer);
-        if tx || rx {
-            self.interrupt.signal(INTERRUPT_USED_RING);
-        }
+        let result = handler
+            .process_tx(&mut self.muxer)
+            .and_then(|tx| Ok(handler.process_rx(&mut self.muxer)? || tx));
+        self.completed(result);
     }
 
     fn process_rx(&mut self) {
         let Some(handler) = self.handler.as_mut() else {
             return;
         };
-        if handler.process_rx(&mut self.muxer) {
-            self.interrupt.signal(INTERRUPT_USED_RING);
-        }
+        let result = handler.process_rx(&mut self.muxer);
+        self.completed(result);
     }
 
-    fn start_handler(&mut self, ops: &mut EventOps) {
-        let Some(Activation { mem, queues, .. }) = self.activation.take() else {
-            return;
-        };
-        let mut queues = queues.into_iter();
-        let (Some(rx), Some(tx)) = (queues.next(), queues.next()) else {
-            return;
-        };
-        self.handler = Some(VsockHandler::new(mem, rx, tx));
-        if !self.queue_events_registered {
-            for (i, tag) in [
-                (RX_QUEUE, RX_EVENT),
-                (TX_QUEUE, TX_EVENT),
-                (EVENT_QUEUE, EVENT_QUEUE_EVENT),
-            ] {
-                let evt = Events::with_data(&self.queue_events[i], tag, EventSet::IN);
-                if let Err(e) = ops.add(evt) {
-                    log::error!("virtio-vsock: cannot watch queue {i}: {e:?}");
-                }
+    /// Interrupts the driver when a queue moved; gives up on the queues when one broke.
+    fn completed(&mut self, result: Result<bool, QueueBroken>) {
+        match result {
+            Ok(true) => self.interrupt.signal(INTERRUPT_USED_RING),
+            Ok(false) => {}
+            Err(e) => {
+                // Logged once: the queues are dropped until the driver resets the device.
+                log::warn!("virtio-vsock: {e}; the device needs a reset");
+                self.handler = None;
+                self.muxer.reset();
+                self.interrupt.set_needs_reset();
             }
-            self.queue_events_registered = true;
         }
-        // The driver may have queued packets, and host clients may be waiting.
-        self.process_tx();
     }
 }
 
-impl VirtioDevice for Vsock {
+impl QueueWorker for Vsock {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
     }
@@ -147,20 +131,27 @@ impl VirtioDevice for Vsock {
         &self.queue_events
     }
 
-    fn interrupt(&self) -> &Interrupt {
+    fn interrupt(&self) -> &Arc<Interrupt> {
         &self.interrupt
     }
 
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        crate::virtio::read_config_bytes(&self.config_space, offset, data);
+    fn config_space(&self) -> Vec<u8> {
+        self.config_space.to_vec()
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        self.activation.hand_over(activation, QUEUE_SIZES.len())
+        let Activation { mem, queues, .. } = activation;
+        let n = queues.len();
+        let mut queues = queues.into_iter();
+        let (Some(rx), Some(tx), Some(_event)) = (queues.next(), queues.next(), queues.next())
+        else {
+            return Err(ActivateError::QueueNotReady(n));
+        };
+        self.handler = Some(VsockHandler::new(mem, rx, tx));
+        Ok(())
     }
 
     fn reset(&mut self) {
-        self.activation.cancel();
         self.handler = None;
         // The driver forgot every stream; close their host sides.
         self.muxer.reset();
@@ -169,7 +160,17 @@ impl VirtioDevice for Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        self.activation.watch(ops, ACTIVATE_EVENT, "virtio-vsock");
+        // Watched from the start: notifications before activation find no handler.
+        for (i, tag) in [
+            (RX_QUEUE, RX_EVENT),
+            (TX_QUEUE, TX_EVENT),
+            (EVENT_QUEUE, EVENT_QUEUE_EVENT),
+        ] {
+            let evt = Events::with_data(&self.queue_events[i], tag, EventSet::IN);
+            if let Err(e) = ops.add(evt) {
+                log::error!("virtio-vsock: cannot watch queue {i}: {e:?}");
+            }
+        }
         // The listener, the host sockets and the handshake timer, behind one fd.
         let backend = Events::with_data_raw(self.muxer.epoll_fd(), BACKEND_EVENT, EventSet::IN);
         if let Err(e) = ops.add(backend) {
@@ -177,12 +178,9 @@ impl MutEventSubscriber for Vsock {
         }
     }
 
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _: &mut EventOps) {
         // A failed eventfd read only means the counter was already drained.
         match events.data() {
-            ACTIVATE_EVENT => {
-                self.start_handler(ops);
-            }
             RX_EVENT => {
                 let _ = self.queue_events[RX_QUEUE].read();
                 self.process_rx();
@@ -206,6 +204,7 @@ impl MutEventSubscriber for Vsock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::VirtioDevice;
 
     fn config(dir: &tempfile::TempDir, cid: u64) -> VsockConfig {
         VsockConfig {
@@ -217,7 +216,8 @@ mod tests {
     #[test]
     fn config_space_features_and_queues() {
         let dir = tempfile::tempdir().unwrap();
-        let dev = Vsock::new(&config(&dir, 0x1_0000_0003 & 0xffff_ffff)).unwrap();
+        let vsock = Vsock::new(&config(&dir, 0x1_0000_0003 & 0xffff_ffff)).unwrap();
+        let (dev, worker) = crate::virtio::VirtioFront::new(vsock).unwrap();
         assert_eq!(dev.device_type(), 19);
         assert_eq!(dev.features(), VIRTIO_F_VERSION_1);
         assert_eq!(dev.queue_max_sizes(), &[256, 256, 256]);
@@ -229,7 +229,7 @@ mod tests {
         dev.read_config(4, &mut high);
         assert_eq!(high, [0; 4]);
         assert!(dir.path().join("v.sock").exists());
-        drop(dev);
+        drop((dev, worker));
         assert!(
             !dir.path().join("v.sock").exists(),
             "socket removed on drop"
@@ -256,7 +256,8 @@ mod tests {
     #[test]
     fn activation_needs_three_queues() {
         let dir = tempfile::tempdir().unwrap();
-        let mut dev = Vsock::new(&config(&dir, 3)).unwrap();
+        let (mut dev, _) =
+            crate::virtio::VirtioFront::new(Vsock::new(&config(&dir, 3)).unwrap()).unwrap();
         let mem = crate::virtio::vsock::test_utils::guest_memory();
         let act = Activation {
             mem,

@@ -8,6 +8,11 @@ use vm_memory::GuestMemoryMmap;
 
 use super::packet::{PacketHeader, RxBuffer, TxPacket};
 use super::HEADER_LEN;
+use crate::virtio::{collect_chain, pop_chain, QueueBroken};
+
+/// Descriptors one packet or rx buffer may span. Linux uses two (header and payload), a
+/// few more for zero-copy sends.
+const MAX_CHAIN: usize = 64;
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
@@ -52,25 +57,20 @@ impl VsockHandler {
 
     /// Hands every tx chain to the backend; returns whether the driver must be interrupted.
     /// The backend always takes a packet (it buffers within the credit it advertised, or
-    /// resets the connection), so the tx queue never stalls.
-    pub fn process_tx(&mut self, backend: &mut dyn VsockBackend) -> bool {
+    /// resets the connection), so the tx queue never stalls. A broken avail ring is an
+    /// error: the caller drops the queues.
+    pub fn process_tx(&mut self, backend: &mut dyn VsockBackend) -> Result<bool, QueueBroken> {
         let mut used = false;
         loop {
             if let Err(e) = self.tx.disable_notification(&self.mem) {
                 log::warn!("virtio-vsock: cannot disable tx notifications: {e}");
             }
-            while let Some(chain) = self.tx.pop_descriptor_chain(&self.mem) {
+            while let Some(chain) = pop_chain(&mut self.tx, &self.mem)? {
                 let head = chain.head_index();
-                self.descs.clear();
-                self.descs.extend(chain);
-                match self.tx_pkt.parse(&self.descs, &self.mem) {
-                    Ok(()) => backend.send_pkt(&self.tx_pkt, &self.mem),
-                    Err(e) => {
-                        log::debug!("virtio-vsock: malformed tx packet: {e}");
-                        if self.tx_pkt.header_ok() {
-                            backend.bad_pkt(self.tx_pkt.hdr());
-                        }
-                    }
+                if let Err(e) = collect_chain(chain, &mut self.descs, MAX_CHAIN) {
+                    log::debug!("virtio-vsock: tx {e}; dropped");
+                } else {
+                    self.send_tx_packet(backend);
                 }
                 if let Err(e) = self.tx.add_used(&self.mem, head, 0) {
                     log::warn!("virtio-vsock: cannot return tx descriptor {head}: {e}");
@@ -86,21 +86,39 @@ impl VsockHandler {
                 }
             }
         }
-        used && self.tx.needs_notification(&self.mem).unwrap_or(true)
+        Ok(used && self.tx.needs_notification(&self.mem).unwrap_or(true))
+    }
+
+    /// The chain in `self.descs`, to the backend.
+    fn send_tx_packet(&mut self, backend: &mut dyn VsockBackend) {
+        match self.tx_pkt.parse(&self.descs, &self.mem) {
+            Ok(()) => backend.send_pkt(&self.tx_pkt, &self.mem),
+            Err(e) => {
+                log::debug!("virtio-vsock: malformed tx packet: {e}");
+                if self.tx_pkt.header_ok() {
+                    backend.bad_pkt(self.tx_pkt.hdr());
+                }
+            }
+        }
     }
 
     /// Fills rx buffers while the backend has packets; returns whether the driver must be
     /// interrupted. Out of buffers, it stops: the driver's next rx notification resumes it.
-    pub fn process_rx(&mut self, backend: &mut dyn VsockBackend) -> bool {
+    pub fn process_rx(&mut self, backend: &mut dyn VsockBackend) -> Result<bool, QueueBroken> {
         let mut used = false;
         while backend.has_pending_rx() {
-            let Some(chain) = self.rx.pop_descriptor_chain(&self.mem) else {
+            let Some(chain) = pop_chain(&mut self.rx, &self.mem)? else {
                 break;
             };
             let head = chain.head_index();
-            self.descs.clear();
-            self.descs.extend(chain);
-            let len = match self.rx_buf.parse(&self.descs, &self.mem) {
+            let parsed = collect_chain(chain, &mut self.descs, MAX_CHAIN)
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    self.rx_buf
+                        .parse(&self.descs, &self.mem)
+                        .map_err(|e| e.to_string())
+                });
+            let len = match parsed {
                 Err(e) => {
                     log::debug!("virtio-vsock: unusable rx buffer returned empty: {e}");
                     0
@@ -125,7 +143,7 @@ impl VsockHandler {
             }
             used = true;
         }
-        used && self.rx.needs_notification(&self.mem).unwrap_or(true)
+        Ok(used && self.rx.needs_notification(&self.mem).unwrap_or(true))
     }
 }
 
@@ -216,7 +234,7 @@ mod tests {
         tx.post(&[(BUF + 0x1000, 44, false), (BUF + 0x100, 50, false)]);
         tx.post(&[(BUF + 0x2000, 44, false)]);
         let mut backend = FakeBackend::default();
-        assert!(handler.process_tx(&mut backend));
+        assert!(handler.process_tx(&mut backend).unwrap());
         assert_eq!(tx.used().len(), 6);
         assert_eq!(backend.sent.len(), 2);
         assert_eq!(backend.sent[0], (hdr(VSOCK_OP_RW, 5), b"hello".to_vec()));
@@ -237,12 +255,12 @@ mod tests {
             ..FakeBackend::default()
         };
         // No buffers: nothing happens, and nothing is lost.
-        assert!(!handler.process_rx(&mut backend));
+        assert!(!handler.process_rx(&mut backend).unwrap());
         assert_eq!(backend.to_guest.len(), 3);
         // An unusable buffer is returned empty; a good one carries a packet.
         rx.post(&[(BUF, 100, false)]);
         rx.post(&[(BUF + 0x1000, 100, true)]);
-        assert!(handler.process_rx(&mut backend));
+        assert!(handler.process_rx(&mut backend).unwrap());
         assert_eq!(rx.used(), vec![(0, 0), (1, 54)]);
         let mut raw = [0u8; 54];
         mem.read_slice(&mut raw, GuestAddress(BUF + 0x1000))
@@ -254,10 +272,10 @@ mod tests {
         for i in 0..3 {
             rx.post(&[(BUF + 0x2000 + i * 0x1000, 100, true)]);
         }
-        assert!(handler.process_rx(&mut backend));
+        assert!(handler.process_rx(&mut backend).unwrap());
         assert_eq!(rx.used().len(), 2);
         backend.to_guest.push((hdr(VSOCK_OP_RST, 0), Vec::new()));
-        assert!(handler.process_rx(&mut backend));
+        assert!(handler.process_rx(&mut backend).unwrap());
         assert_eq!(rx.used(), vec![(4, 44)]);
     }
 }

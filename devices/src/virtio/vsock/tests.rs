@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::test_utils::{guest_memory, TestDriver};
 use super::*;
-use crate::virtio::{Activation, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::virtio::{Activation, VirtioDevice, VirtioFront, VIRTIO_F_VERSION_1};
 
 const GUEST_CID: u64 = 3;
 const RX_BUFS: u64 = 0x10_0000;
@@ -35,6 +35,7 @@ struct Guest {
     mem: GuestMemoryMmap,
     rx: TestDriver,
     tx: TestDriver,
+    front: VirtioFront<Vsock>,
     dev: Arc<Mutex<Vsock>>,
     em: EventManager<Arc<Mutex<Vsock>>>,
     rx_kick: EventFd,
@@ -61,9 +62,9 @@ impl Guest {
         let rx = TestDriver::new(&mem, 0, 256);
         let tx = TestDriver::new(&mem, 0x1_0000, 256);
         let evt = TestDriver::new(&mem, 0x2_0000, 256);
-        let rx_kick = dev.queue_events()[0].try_clone().unwrap();
-        let tx_kick = dev.queue_events()[1].try_clone().unwrap();
-        let dev = Arc::new(Mutex::new(dev));
+        let (front, dev) = VirtioFront::new(dev).unwrap();
+        let rx_kick = front.queue_events()[0].try_clone().unwrap();
+        let tx_kick = front.queue_events()[1].try_clone().unwrap();
         let mut em = EventManager::new().unwrap();
         em.add_subscriber(dev.clone());
         let mut g = Self {
@@ -74,6 +75,7 @@ impl Guest {
             tx_free: (0..128).rev().map(|i| TX_BUFS + i * TX_SLOT).collect(),
             rx,
             tx,
+            front,
             dev,
             em,
             rx_kick,
@@ -85,9 +87,7 @@ impl Guest {
         };
         g.refill();
         let queues = vec![g.rx.queue(), g.tx.queue(), evt.queue()];
-        g.dev
-            .lock()
-            .unwrap()
+        g.front
             .activate(Activation {
                 mem,
                 queues,
@@ -628,7 +628,7 @@ fn a_driver_reset_closes_every_host_socket() {
     let mut g = Guest::new(64);
     let mut client = g.client(1);
     accept_host_connection(&mut g, &mut client, 1);
-    g.dev.lock().unwrap().reset();
+    g.front.reset();
     assert_eq!(g.conns(), 0);
     assert!(is_closed(&mut client));
     // The listener survives the reset.
