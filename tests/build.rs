@@ -42,7 +42,7 @@ const LDFLAGS: &[&str] = &[
     "-Wl,--no-warn-rwx-segments",
 ];
 
-const C_SOURCES: &[&str] = &["main.c", "lib.c", "boot.c", "blk.c", "vsock.c"];
+const C_SOURCES: &[&str] = &["main.c", "lib.c", "boot.c", "blk.c", "vsock.c", "acpi.c"];
 
 fn main() {
     let src = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap()).join("guests");

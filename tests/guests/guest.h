@@ -16,6 +16,11 @@ static inline void outb(u16 port, u8 v)
 	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
 }
 
+static inline void outw(u16 port, u16 v)
+{
+	__asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port));
+}
+
 static inline u8 inb(u16 port)
 {
 	u8 v;
@@ -72,5 +77,6 @@ u64 parse_num(const char **p);
 void test_boot(const u8 *zp);
 void test_blk(void);
 void test_vsock(void);
+void test_acpi(void);
 
 #endif

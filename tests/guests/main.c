@@ -57,9 +57,8 @@ void guest_main(const u8 *zp)
 		test_vsock();
 	} else if (token_is(t, "triplefault")) {
 		test_triplefault();
-	} else if (token_is(t, "panic")) {
-		out("Kernel panic - not syncing: tiny guest test panic\n");
-		halt_forever();
+	} else if (token_is(t, "acpi")) {
+		test_acpi();
 	} else if (token_is(t, "hang")) {
 		out("info ready\n");
 		halt_forever();

@@ -27,10 +27,44 @@ fn triple_fault_exits_2_and_says_so() {
     );
 }
 
+/// The tables Linux looks for: RSDP in the BIOS area, XSDT, a legacy-model FADT with the
+/// PM1a blocks, FACS, DSDT; and a pvpanic port that answers. The guest then powers off the
+/// way Linux's acpi_power_off does and halts: only the VMM can end it.
 #[test]
-fn kernel_panic_on_the_console_exits_2() {
-    let out = Vmm::guest(TINY_ELF, "panic").run();
-    out.assert_code(2).assert_stderr_mentions("panic");
+fn acpi_power_off_exits_0() {
+    let out = Vmm::guest(TINY_ELF, "acpi")
+        .append("acpi=poweroff")
+        .timeout(Duration::from_secs(30))
+        .run();
+    out.assert_code(0);
+    let g = &out.guest;
+    g.assert_no_fail();
+    assert_eq!(
+        g.info_all("acpi_table"),
+        vec!["XSDT", "FACP", "FACS", "DSDT"],
+        "{out}"
+    );
+    assert_eq!(g.info_num("acpi_rsdp"), 0xe0000);
+    assert_eq!(g.info_num("acpi_hw_reduced"), 0);
+    assert_eq!(g.info_num("acpi_pm1a_cnt"), 0x604);
+    assert_eq!(g.info_num("pvpanic_caps"), 3);
+}
+
+#[test]
+fn a_pvpanic_exits_2_with_the_panic_line() {
+    let out = Vmm::guest(TINY_ELF, "acpi").append("acpi=panic").run();
+    out.assert_code(2).assert_stderr_mentions(
+        "guest kernel panic: Kernel panic - not syncing: tiny guest test panic",
+    );
+}
+
+/// "reboot: Power down" or "Kernel panic" on the console, which any guest process that can
+/// write to /dev/console can print, end nothing: the guest keeps running until its reset.
+#[test]
+fn power_off_and_panic_lines_on_the_console_end_nothing() {
+    let out = Vmm::guest(TINY_ELF, "acpi").append("acpi=fake").run();
+    out.assert_code(0);
+    assert_eq!(out.guest.info("still_running"), Some(""), "{out}");
 }
 
 #[test]

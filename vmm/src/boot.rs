@@ -12,7 +12,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 use crate::arch::boot_params::{write_pvh_start_info, write_zero_page, InitrdRange};
 use crate::arch::layout::{low_ram_end, CMDLINE_ADDR, HIMEM_START};
 use crate::arch::regs::EntryMode;
-use crate::arch::{mptable, paging};
+use crate::arch::{acpi, mptable, paging};
 
 /// A bzImage's 64-bit entry point is 0x200 past its protected-mode load address.
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
@@ -112,10 +112,11 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<Entry, BootError> 
     mem.write_slice(&cmdline, GuestAddress(CMDLINE_ADDR))
         .map_err(|e| BootError::Memory("the command line", e))?;
     mptable::write(mem, spec.cpus)?;
+    let rsdp = acpi::write_tables(mem).map_err(|e| BootError::Memory("the ACPI tables", e))?;
 
     let entry = match (is_bzimage, loaded.pvh_boot_cap) {
         (false, PvhBootCapability::PvhEntryPresent(pvh)) => {
-            let start_info = write_pvh_start_info(mem, spec.mem_size, initrd)
+            let start_info = write_pvh_start_info(mem, spec.mem_size, initrd, rsdp)
                 .map_err(|e| BootError::Memory("hvm_start_info", e))?;
             Entry {
                 mode: EntryMode::Pvh { start_info },
@@ -129,7 +130,7 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<Entry, BootError> 
                     return Err(BootError::No64BitEntry(spec.kernel.to_path_buf()));
                 }
             }
-            write_zero_page(mem, spec.mem_size, header, spec.cmdline.len(), initrd)
+            write_zero_page(mem, spec.mem_size, header, spec.cmdline.len(), initrd, rsdp)
                 .map_err(|e| BootError::Memory("the zero page", e))?;
             let cr3 = paging::write_identity_map(mem)
                 .map_err(|e| BootError::Memory("the page tables", e))?;

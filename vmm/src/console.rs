@@ -1,11 +1,12 @@
-//! The serial console on the host side: guest output to stdout (watched for panics and
-//! power-off), host stdin to the guest's UART, the terminal in raw mode meanwhile.
+//! The serial console on the host side: guest output to stdout (its panic lines kept for
+//! the exit message), host stdin to the guest's UART, the terminal in raw mode meanwhile.
+//!
+//! Console text never ends a VM: any guest process that can write to /dev/console could
+//! fake it. Power-off and panics arrive through ACPI and pvpanic (see `arch::acpi`).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use devices::bus::lock;
 use devices::legacy::Serial;
@@ -13,62 +14,29 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::terminal::Terminal;
 
-use crate::exit::ExitReason;
-
 const PANIC_MARKER: &str = "Kernel panic - not syncing";
-const PANIC_END_MARKER: &str = "---[ end Kernel panic";
-/// Printed by Linux's kernel_power_off() / kernel_halt(): with no ACPI there is no other
-/// way for a guest to say it powered off. Since 6.x, a power-off without a power-off
-/// handler (no ACPI here) halts and says so with the third line.
-const POWER_OFF_MARKERS: [&str; 3] = [
-    "reboot: Power down",
-    "reboot: System halted",
-    "reboot: Power off not available: System halted instead",
-];
-/// Time the guest gets to print the rest of a panic report before we stop it.
-const PANIC_GRACE: Duration = Duration::from_secs(1);
 const MAX_LINE: usize = 1024;
 
-/// Watches console lines for the guest's last words.
+/// Remembers the guest's last panic line, to explain a panic that pvpanic reported.
+#[derive(Default)]
 pub struct ConsoleWatcher {
-    exit: Mutex<Sender<ExitReason>>,
     panic_line: Mutex<Option<String>>,
 }
 
 impl ConsoleWatcher {
-    pub fn new(exit: Sender<ExitReason>) -> Arc<Self> {
-        Arc::new(Self {
-            exit: Mutex::new(exit),
-            panic_line: Mutex::new(None),
-        })
+    pub fn new() -> Arc<Self> {
+        Arc::default()
     }
 
-    /// The panic message, once one was printed.
+    /// The last panic message printed, if any. Informational only: a guest user could
+    /// have printed it.
     pub fn panic_line(&self) -> Option<String> {
         lock(&self.panic_line).clone()
     }
 
-    fn send(&self, reason: ExitReason) {
-        let _ = lock(&self.exit).send(reason);
-    }
-
-    fn on_line(self: &Arc<Self>, line: &str) {
+    fn on_line(&self, line: &str) {
         if let Some(at) = line.find(PANIC_MARKER) {
-            let mut seen = lock(&self.panic_line);
-            if seen.is_none() {
-                *seen = Some(line[at..].trim_end().to_string());
-                let watcher = Arc::clone(self);
-                std::thread::spawn(move || {
-                    std::thread::sleep(PANIC_GRACE);
-                    let line = watcher.panic_line().unwrap_or_default();
-                    watcher.send(ExitReason::GuestPanic(line));
-                });
-            }
-        } else if line.contains(PANIC_END_MARKER) {
-            let line = self.panic_line().unwrap_or_else(|| line.trim().to_string());
-            self.send(ExitReason::GuestPanic(line));
-        } else if POWER_OFF_MARKERS.iter().any(|m| line.contains(m)) {
-            self.send(ExitReason::PowerOff);
+            *lock(&self.panic_line) = Some(line[at..].trim_end().to_string());
         }
     }
 }
@@ -189,46 +157,17 @@ impl Drop for RawTerminal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc::channel;
 
     #[test]
-    fn power_off_line_ends_the_vm() {
-        let (tx, rx) = channel();
-        let watcher = ConsoleWatcher::new(tx);
+    fn the_last_panic_line_is_kept_and_nothing_else() {
+        let watcher = ConsoleWatcher::new();
         watcher.on_line("[    1.0] reboot: Power down");
-        assert_eq!(rx.try_recv().unwrap(), ExitReason::PowerOff);
-    }
-
-    #[test]
-    fn a_power_off_without_a_handler_ends_the_vm() {
-        // Linux 6.12 with no ACPI: `poweroff` halts and prints this.
-        let (tx, rx) = channel();
-        let watcher = ConsoleWatcher::new(tx);
-        watcher.on_line("[   23.72] reboot: Power off not available: System halted instead");
-        assert_eq!(rx.try_recv().unwrap(), ExitReason::PowerOff);
-    }
-
-    #[test]
-    fn panic_is_reported_with_its_message() {
-        let (tx, rx) = channel();
-        let watcher = ConsoleWatcher::new(tx);
+        assert_eq!(watcher.panic_line(), None);
+        watcher.on_line("echo Kernel panic - not syncing: fake");
         watcher.on_line("[ 0.5] Kernel panic - not syncing: VFS: Unable to mount root fs");
-        watcher.on_line("---[ end Kernel panic - not syncing: VFS ]---");
         assert_eq!(
-            rx.recv().unwrap(),
-            ExitReason::GuestPanic(
-                "Kernel panic - not syncing: VFS: Unable to mount root fs".into()
-            )
+            watcher.panic_line().as_deref(),
+            Some("Kernel panic - not syncing: VFS: Unable to mount root fs")
         );
-        assert!(watcher.panic_line().is_some());
-    }
-
-    #[test]
-    fn a_panic_without_end_marker_is_reported_after_the_grace_period() {
-        let (tx, rx) = channel();
-        let watcher = ConsoleWatcher::new(tx);
-        watcher.on_line("Kernel panic - not syncing: test");
-        let got = rx.recv_timeout(PANIC_GRACE * 3).unwrap();
-        assert!(matches!(got, ExitReason::GuestPanic(_)));
     }
 }

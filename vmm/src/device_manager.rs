@@ -6,7 +6,9 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use devices::bus::{Bus, BusError};
-use devices::legacy::{Cmos, Serial, I8042};
+use devices::legacy::acpi_pm::ACPI_PM_PORTS;
+use devices::legacy::pvpanic::PVPANIC_PORT;
+use devices::legacy::{AcpiPm, Cmos, PvPanic, Serial, I8042};
 use devices::virtio::block::{Block, BlockConfig, BlockError};
 use devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use devices::virtio::{MmioTransport, QueueWorker, VirtioDevice, VirtioFront, MMIO_WINDOW_SIZE};
@@ -17,7 +19,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::layout::{CMOS_PORT, COM1_IRQ, COM1_PORT, I8042_PORT};
+use crate::arch::layout::{ACPI_PM_PORT, CMOS_PORT, COM1_IRQ, COM1_PORT, I8042_PORT};
 use crate::config::{virtio_slot, VsockSpec};
 use crate::console::{ConsoleInput, ConsoleOutput, ConsoleWatcher};
 use crate::exit::ExitReason;
@@ -62,22 +64,36 @@ pub struct Devices {
     pub vsock: Option<Arc<Mutex<Vsock>>>,
 }
 
-/// Turns the i8042's reset line into an exit reason.
-struct ResetWatcher {
-    reset: EventFd,
+/// Turns a device's line that ends the VM (the i8042's reset, ACPI's power-off, pvpanic)
+/// into an exit reason.
+struct ExitLine {
+    line: EventFd,
+    reason: ExitReason,
     exit: Sender<ExitReason>,
 }
 
-impl MutEventSubscriber for ResetWatcher {
+impl ExitLine {
+    /// A line for `reason`, and the trigger its device raises.
+    fn new(
+        reason: ExitReason,
+        exit: Sender<ExitReason>,
+    ) -> Result<(Self, EventFdTrigger), DeviceError> {
+        let line = new_eventfd()?;
+        let trigger = EventFdTrigger::new(line.try_clone().map_err(DeviceError::EventFd)?);
+        Ok((Self { line, reason, exit }, trigger))
+    }
+}
+
+impl MutEventSubscriber for ExitLine {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.reset, EventSet::IN)) {
-            log::error!("cannot watch the i8042 reset line: {e:?}");
+        if let Err(e) = ops.add(Events::new(&self.line, EventSet::IN)) {
+            log::error!("cannot watch the line for {:?}: {e:?}", self.reason);
         }
     }
 
     fn process(&mut self, _: Events, _: &mut EventOps) {
-        let _ = self.reset.read();
-        let _ = self.exit.send(ExitReason::Reset);
+        let _ = self.line.read();
+        let _ = self.exit.send(self.reason.clone());
     }
 }
 
@@ -138,17 +154,31 @@ impl Devices {
         self.event_manager
             .add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(serial))));
 
-        let reset = new_eventfd()?;
-        let i8042 = I8042::new(EventFdTrigger::new(
-            reset.try_clone().map_err(DeviceError::EventFd)?,
-        ));
+        let (reset, reset_trigger) = ExitLine::new(ExitReason::Reset, exit.clone())?;
         self.pio.insert(
-            Arc::new(Mutex::new(i8042)),
+            Arc::new(Mutex::new(I8042::new(reset_trigger))),
             u64::from(I8042_PORT),
             I8042_PORT_LEN,
         )?;
         self.event_manager
-            .add_subscriber(Arc::new(Mutex::new(ResetWatcher { reset, exit })));
+            .add_subscriber(Arc::new(Mutex::new(reset)));
+        let (power_off, power_off_trigger) = ExitLine::new(ExitReason::PowerOff, exit.clone())?;
+        self.pio.insert(
+            Arc::new(Mutex::new(AcpiPm::new(power_off_trigger))),
+            u64::from(ACPI_PM_PORT),
+            ACPI_PM_PORTS,
+        )?;
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(power_off)));
+        let panic = ExitReason::GuestPanic("the guest kernel panicked (pvpanic)".into());
+        let (panic, panic_trigger) = ExitLine::new(panic, exit)?;
+        self.pio.insert(
+            Arc::new(Mutex::new(PvPanic::new(panic_trigger))),
+            u64::from(PVPANIC_PORT),
+            1,
+        )?;
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(panic)));
         self.pio.insert(
             Arc::new(Mutex::new(Cmos::new())),
             u64::from(CMOS_PORT),

@@ -10,7 +10,7 @@ pub const EXIT_LIFETIME_EXPIRED: i32 = 3;
 pub enum ExitReason {
     /// The guest reset the machine (i8042, `reboot`).
     Reset,
-    /// The guest powered off or halted (seen on the console or as a KVM system event).
+    /// The guest powered off (ACPI S5, or a KVM system event).
     PowerOff,
     /// SIGTERM / SIGINT from the host.
     Signal(i32),

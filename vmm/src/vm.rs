@@ -22,6 +22,8 @@ use crate::vcpu::{self, Vcpu, VcpuHandle};
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 const VCPU_KICK_INTERVAL: Duration = Duration::from_millis(2);
 const VCPU_POLL_INTERVAL: Duration = Duration::from_micros(50);
+/// How long a panicking guest gets to finish its report (it resets after `panic=1` s).
+const PANIC_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -63,7 +65,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     )?;
     regs::write_descriptor_tables(&machine.mem, entry.mode)?;
 
-    let watcher = ConsoleWatcher::new(exit_tx.clone());
+    let watcher = ConsoleWatcher::new();
     let devices = Devices::build(
         &machine.vm,
         &machine.mem,
@@ -169,10 +171,14 @@ fn wait_for_exit(rx: &Receiver<ExitReason>, watcher: &ConsoleWatcher) -> ExitRea
     let reason = rx
         .recv()
         .unwrap_or_else(|_| ExitReason::Vmm("every VM thread ended".into()));
-    match (reason, watcher.panic_line()) {
-        // `panic=1` reboots the guest after printing the panic: report the panic.
-        (ExitReason::Reset | ExitReason::PowerOff, Some(line)) => ExitReason::GuestPanic(line),
-        (reason, _) => reason,
+    match reason {
+        ExitReason::GuestPanic(reported) => {
+            // The kernel's panic notifiers (pvpanic) run before it finishes its report;
+            // `panic=1` resets the guest a second later. Let it print until then.
+            let _ = rx.recv_timeout(PANIC_GRACE);
+            ExitReason::GuestPanic(watcher.panic_line().unwrap_or(reported))
+        }
+        reason => reason,
     }
 }
 

@@ -69,6 +69,7 @@ pub fn write_zero_page(
     header: Option<setup_header>,
     cmdline_len: usize,
     initrd: Option<InitrdRange>,
+    rsdp: u64,
 ) -> Result<(), GuestMemoryError> {
     let mut params = boot_params::default();
     if let Some(hdr) = header {
@@ -93,6 +94,7 @@ pub fn write_zero_page(
         slot.r#type = e.kind;
     }
     params.e820_entries = map.len() as u8;
+    params.acpi_rsdp_addr = rsdp;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
 }
 
@@ -101,6 +103,7 @@ pub fn write_pvh_start_info(
     mem: &GuestMemoryMmap,
     mem_size: u64,
     initrd: Option<InitrdRange>,
+    rsdp: u64,
 ) -> Result<u64, GuestMemoryError> {
     let map = e820_map(mem_size);
     for (i, e) in map.iter().enumerate() {
@@ -119,6 +122,7 @@ pub fn write_pvh_start_info(
         cmdline_paddr: CMDLINE_ADDR,
         memmap_paddr: PVH_MEMMAP_ADDR,
         memmap_entries: map.len() as u32,
+        rsdp_paddr: rsdp,
         ..Default::default()
     };
     if let Some(initrd) = initrd {
@@ -182,7 +186,7 @@ mod tests {
             addr: 0x3000_0000,
             size: 4096,
         };
-        write_zero_page(&m, 4096 << 20, None, 42, Some(initrd)).unwrap();
+        write_zero_page(&m, 4096 << 20, None, 42, Some(initrd), 0xe0000).unwrap();
         let p: boot_params = m.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!({ p.hdr.header }, KERNEL_HDR_MAGIC);
@@ -192,14 +196,16 @@ mod tests {
         assert_eq!({ p.hdr.ramdisk_size }, 4096);
         assert_eq!(p.e820_entries, 4);
         assert_eq!({ p.e820_table[3].addr }, 1 << 32);
+        assert_eq!({ p.acpi_rsdp_addr }, 0xe0000);
     }
 
     #[test]
     fn pvh_start_info_has_magic_and_map() {
         let m = mem();
-        let at = write_pvh_start_info(&m, 512 << 20, None).unwrap();
+        let at = write_pvh_start_info(&m, 512 << 20, None, 0xe0000).unwrap();
         let info: hvm_start_info = m.read_obj(GuestAddress(at)).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!(info.rsdp_paddr, 0xe0000);
         assert_eq!(info.memmap_entries, 3);
         let e: hvm_memmap_table_entry = m
             .read_obj(GuestAddress(info.memmap_paddr + 2 * 24))

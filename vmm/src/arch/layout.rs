@@ -25,6 +25,9 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// The EBDA: the MP table lives here, reserved in e820 up to the legacy video hole.
 pub const EBDA_START: u64 = 0x9fc00;
 pub const EBDA_END: u64 = 0xa0000;
+/// ACPI tables (RSDP first), in the BIOS area Linux scans for the RSDP.
+pub const ACPI_TABLES_START: u64 = 0xe_0000;
+pub const ACPI_TABLES_END: u64 = 0xe_1000;
 /// Kernels load at 1 MiB ("high memory").
 pub const HIMEM_START: u64 = 0x10_0000;
 /// 32-bit MMIO hole: RAM stops here and resumes at 4 GiB.
@@ -43,6 +46,10 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
 pub const CMOS_PORT: u16 = 0x70;
+/// ACPI PM1a event block (4 ports) and control block (2 ports).
+pub const ACPI_PM_PORT: u16 = 0x600;
+/// The SCI line the FADT names. Nothing raises it; Linux installs a handler there.
+pub const ACPI_SCI_IRQ: u16 = 9;
 /// Most vCPUs: the MP table must fit the 1 KiB EBDA.
 pub const MAX_VCPUS: u8 = 32;
 
