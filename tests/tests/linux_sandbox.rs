@@ -1,6 +1,6 @@
 //! Tier 3, sandbox behaviours that only a real Linux guest has: its size and CPU
-//! features, systemd as init, the VMM's exit status when the guest reboots, and vsock
-//! from inside the guest. (The e2e bodies shared with the test jail are in sandbox.rs.)
+//! features, systemd as init, the VMM's exit status when the guest reboots, powers off or
+//! panics, and vsock from inside the guest. (The e2e bodies shared with the test jail are in sandbox.rs.)
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
@@ -93,7 +93,7 @@ async fn tier3_systemd_runs_the_agent_and_its_poweroff_ends_the_vm_with_0() {
         text(&out.stderr)
     );
     // systemd's own shutdown (services stopped, filesystems unmounted), ending in a
-    // power-off: with no ACPI the kernel halts the vCPUs and says so on the console.
+    // power-off: the kernel writes S5 to the ACPI PM1a control block.
     bring_down(&c, "systemctl poweroff").await;
     assert_exits_with_0(sb, "systemctl poweroff").await;
 }
@@ -135,4 +135,32 @@ async fn tier3_a_guest_connects_to_a_host_port_over_vsock() {
     .await;
     assert_eq!(text(&out.stdout), "hello, guest\n", "{}", text(&out.stderr));
     assert_eq!(host.join().unwrap(), "hello, host!\n");
+}
+
+/// What a guest user prints on /dev/console ends nothing ("reboot: Power down", "Kernel
+/// panic"); a real panic reaches the VMM through pvpanic and ends it with 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_console_lines_end_nothing_and_a_real_panic_exits_2() {
+    if skip_tier3("console_lines_end_nothing_and_a_real_panic_exits_2") {
+        return;
+    }
+    let mut sb = start(&[]).await;
+    let c = sb.client().await;
+    let out = sh(
+        &c,
+        "echo 'reboot: Power down' >/dev/console; \
+         echo 'Kernel panic - not syncing: a guest user wrote this' >/dev/console; \
+         sleep 3; echo alive",
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "alive\n", "{}", text(&out.stderr));
+    bring_down(&c, "echo c >/proc/sysrq-trigger").await;
+    let (code, console) = tokio::task::spawn_blocking(move || {
+        let code = sb.wait_exit(SHUTDOWN_TIMEOUT);
+        (code, sb.console_tail(40))
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(2), "the guest console ended with:\n{console}");
+    assert!(console.contains("sysrq triggered crash"), "{console}");
 }
