@@ -117,3 +117,25 @@ fn config_file_boots_a_guest() {
     assert!(g.expect_info("cmdline").ends_with(" test=boot"), "{out}");
     assert_eq!(g.info_num("e820_entries"), 3);
 }
+
+/// A wrong command line exits 64 (EX_USAGE) whatever the subcommand: 1 and 2 mean setup
+/// error and guest crash, and a client command's own codes are the process's.
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    for args in [
+        &["run", "--no-such-flag"][..],
+        &["run", "--cpus", "many"],
+        &["exec", "--api-sock"],
+        &["status"],
+        &["no-such-command"],
+        &[],
+    ] {
+        let out = Vmm::raw(args).timeout(Duration::from_secs(10)).run();
+        out.assert_code(64);
+        assert!(!out.stderr.is_empty(), "{args:?}: clap explains\n{out}");
+    }
+    for args in [&["--help"][..], &["--version"], &["run", "--help"]] {
+        let out = Vmm::raw(args).timeout(Duration::from_secs(10)).run();
+        out.assert_code(0);
+    }
+}

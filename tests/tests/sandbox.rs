@@ -588,6 +588,28 @@ async fn cli_exec_cp_and_status() {
         let st = text(&st.stdout);
         assert!(st.starts_with("state: ready"), "{st}");
         assert!(st.contains("exited 7"), "{st}");
+        // A reader that went away is not an error: `vmm status | head -1` stays quiet,
+        // and `vmm exec -- yes | head -1` ends the process the way a pipe does (SIGPIPE).
+        let closed_pipe = || {
+            let (read, write) = std::io::pipe().unwrap();
+            drop(read);
+            write
+        };
+        let out = vmm("status").stdout(closed_pipe()).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stderr), "");
+        let out = vmm("exec")
+            .args(["--", "yes"])
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(128 + libc::SIGPIPE),
+            "{}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stderr), "");
     })
     .await
     .unwrap();

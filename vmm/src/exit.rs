@@ -5,6 +5,10 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_SETUP_ERROR: i32 = 1;
 pub const EXIT_GUEST_CRASH: i32 = 2;
 pub const EXIT_LIFETIME_EXPIRED: i32 = 3;
+/// The command line itself is wrong (unknown flag, missing or unparsable value), for
+/// every subcommand: sysexits' EX_USAGE, outside the codes above, the 125-127 of client
+/// commands and 128+N.
+pub const EXIT_USAGE: i32 = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {

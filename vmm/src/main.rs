@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use vmm::cli;
 use vmm::config::{parse_drive_flag, DriveSpec, FileConfig, Overrides, VmConfig};
-use vmm::exit::{EXIT_OK, EXIT_SETUP_ERROR};
+use vmm::exit::{EXIT_OK, EXIT_SETUP_ERROR, EXIT_USAGE};
 
 /// `vmm shell`: the image's bash as a login shell, or sh where there is no bash.
 const SHELL_COMMAND: &str = "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi";
@@ -17,7 +17,9 @@ const SHELL_COMMAND: &str = "if command -v bash >/dev/null; then exec bash -l; e
 #[command(
     name = "vmm",
     version,
-    about = "A purpose-built virtual machine monitor for sandboxes"
+    about = "A purpose-built virtual machine monitor for sandboxes",
+    after_help = "Exit status 64 (every subcommand): the command line is wrong (unknown flag, \
+                  missing or unparsable value). Each subcommand's --help lists its other codes."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -256,7 +258,15 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and are not errors.
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
     let code = match cli.command {
         Command::Run(args) => run(args).unwrap_or_else(|e| {
             eprintln!("vmm: {}", error_chain(&e));
@@ -264,12 +274,12 @@ fn main() -> ExitCode {
         }),
         Command::Doctor { json } => {
             let report = vmm::doctor::diagnose();
-            if json {
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            let text = if json {
+                serde_json::to_string(&report).unwrap_or_default() + "\n"
             } else {
-                print!("{report}");
-            }
-            EXIT_OK
+                report.to_string()
+            };
+            print_or_fail(&text)
         }
         Command::Supervise(args) => supervise(args).unwrap_or_else(|e| {
             eprintln!("vmm: {}", error_chain(&e));
@@ -312,8 +322,7 @@ fn main() -> ExitCode {
         }),
         Command::Status { api } => client_command(&api.api_sock, |c| async move {
             let s = c.status().await?;
-            println!("{}", cli::status_text(&s));
-            Ok(EXIT_OK)
+            Ok(print_or_fail(&(cli::status_text(&s) + "\n")))
         }),
         Command::Terminate { api, grace } => client_command(&api.api_sock, |c| async move {
             c.terminate(Duration::from_secs(grace))
@@ -322,6 +331,18 @@ fn main() -> ExitCode {
         }),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// Prints to stdout; EXIT_OK, or EXIT_SETUP_ERROR when stdout fails (other than a reader
+/// that went away).
+fn print_or_fail(text: &str) -> i32 {
+    match cli::print_stdout(text) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("vmm: cannot write to stdout: {e}");
+            EXIT_SETUP_ERROR
+        }
+    }
 }
 
 /// "outer: inner: root" on one line.

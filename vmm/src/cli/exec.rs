@@ -142,11 +142,22 @@ async fn forward_signals(input: tokio::sync::mpsc::Sender<agent::api::ExecReques
 async fn relay_events(mut session: ExecSession) -> Result<i32, ClientError> {
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
+    // Whether our stdout's reader went away (`vmm exec -- yes | head -1`).
+    let mut stdout_closed = false;
     while let Some(ev) = session.events.message().await? {
         match ev.event {
-            Some(exec_event::Event::Stdout(o)) => {
-                stdout.write_all(&o.data).await?;
-                stdout.flush().await?;
+            Some(exec_event::Event::Stdout(o)) if !stdout_closed => {
+                let written = stdout.write_all(&o.data).await;
+                match written.and(stdout.flush().await) {
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        // What a local pipe does to its writer: SIGPIPE. The exit status
+                        // then says so (141), and nothing more is written.
+                        stdout_closed = true;
+                        let sigpipe = request(exec_request::Request::Signal(libc::SIGPIPE));
+                        let _ = session.input.send(sigpipe).await;
+                    }
+                    other => other?,
+                }
             }
             Some(exec_event::Event::Stderr(o)) => {
                 stderr.write_all(&o.data).await?;

@@ -13,6 +13,17 @@ pub const EXIT_CLIENT_ERROR: i32 = 125;
 /// The program could not be started (missing program or cwd), as shells use 127.
 pub const EXIT_NOT_FOUND: i32 = 127;
 
+/// Writes `text` to stdout. A reader that went away (`vmm status | head -1`) ends the
+/// output quietly: that is not an error of ours.
+pub fn print_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
 /// A single-threaded runtime: client commands are I/O bound and short-lived.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
