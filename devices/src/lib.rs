@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod owner_only;
 pub mod virtio;
 
 use vmm_sys_util::eventfd::EventFd;

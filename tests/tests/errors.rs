@@ -139,3 +139,25 @@ fn usage_errors_exit_64_and_help_exits_0() {
         out.assert_code(0);
     }
 }
+
+/// `--ready-fd` must name a descriptor this process was given: an unopened number could
+/// later be one of the VMM's own (KVM, an eventfd), which the readiness line would hit
+/// and then close.
+#[test]
+fn a_ready_fd_that_is_not_open_or_is_stdio_is_refused() {
+    for (fd, needle) in [
+        ("77", "not an open file descriptor"),
+        ("1", "stdin, stdout"),
+    ] {
+        let out = vmm(&[
+            &"run",
+            &"--kernel",
+            &TINY_ELF,
+            &"--api-sock",
+            &"/tmp/x.sock",
+            &"--ready-fd",
+            &fd,
+        ]);
+        assert_config_error(&out, needle);
+    }
+}

@@ -139,6 +139,39 @@ async fn exit_codes_and_signals(sb: Sandbox) {
         out.exited.unwrap().status,
         Some(pb::exited::Status::Signal(libc::SIGTERM))
     );
+    // A signal the process cannot get, or a second start on the same stream, is an
+    // error for that client; the process runs on and can be attached again.
+    for bad in [
+        exec_request::Request::Signal(65),
+        exec_request::Request::Signal(0),
+        exec_request::Request::Start(Default::default()),
+    ] {
+        let mut session = c.exec(argv(&["sleep", "100"]), None).await.unwrap();
+        session.input.send(request(bad.clone())).await.unwrap();
+        let status = loop {
+            match session.events.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("{bad:?}: the stream ended without an error"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{bad:?}: {status}"
+        );
+        let again = c.attach(&session.exec_id, 0, 0).await.unwrap();
+        again
+            .input
+            .send(request(exec_request::Request::Signal(libc::SIGKILL)))
+            .await
+            .unwrap();
+        let out = collect(again).await.unwrap();
+        assert_eq!(
+            out.exited.unwrap().status,
+            Some(pb::exited::Status::Signal(libc::SIGKILL))
+        );
+    }
     // A missing program is a clear error.
     let err = match c.exec(argv(&["/no/such/program"]), None).await {
         Err(e) => e.to_string(),

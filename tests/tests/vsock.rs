@@ -313,3 +313,103 @@ fn host_close_reaches_the_guest() {
     // The device forwarded the whole echo to the host before it closed.
     assert_eq!(vsock_num("echo_peer_fwd_cnt"), echo_message().len() as u64);
 }
+
+/// Connects to `path` as user `nobody` and asks for the agent's port; returns what the
+/// socket answered ("" when it was closed). In a forked child: setuid is per process.
+fn connect_as_nobody(path: &Path) -> Result<String, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    let (read_end, write_end) = std::io::pipe().unwrap();
+    use std::os::fd::AsRawFd;
+    let report = write_end.as_raw_fd();
+    // SAFETY: between fork and _exit the child only makes raw system calls on memory
+    // prepared before the fork (no allocation, no locks).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: see above; every call is a plain system call on prepared buffers.
+        unsafe {
+            const NOBODY: libc::uid_t = 65534;
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(NOBODY) != 0
+                || libc::setuid(NOBODY) != 0
+            {
+                libc::_exit(2);
+            }
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                libc::_exit(3);
+            }
+            let tv = libc::timeval {
+                tv_sec: 5,
+                tv_usec: 0,
+            };
+            let tv_len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                tv_len,
+            );
+            let ask = b"CONNECT 1024\n";
+            libc::write(fd, ask.as_ptr().cast(), ask.len());
+            let mut buf = [0u8; 64];
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            if n > 0 {
+                libc::write(report, buf.as_ptr().cast(), n as usize);
+            }
+            libc::_exit(0);
+        }
+    }
+    drop(write_end);
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut &read_end, &mut answer).unwrap();
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(answer),
+        code => Err(format!("child failed at step {code}")),
+    }
+}
+
+/// The vsock socket reaches the agent, so it is as private as the API socket: mode 0600
+/// whatever the umask, and a client of another user is refused even if the mode allows it.
+#[test]
+fn the_vsock_socket_admits_only_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("v.sock");
+    // nobody must be able to reach the socket's directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let vmm_args = Vmm::guest(TINY_ELF, "hang")
+        .flag("--vsock-uds", &uds)
+        .command_line();
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "-c".into(),
+        "umask 000; exec \"$0\" \"$@\"".into(),
+        vmm_tests::vmm_bin().into(),
+    ];
+    args.extend(vmm_args);
+    let mut vm = Vmm::program(Path::new("/bin/sh"), args).spawn();
+    vm.wait_for_stdout("info ready", Duration::from_secs(20));
+    let mode = std::fs::metadata(&uds).unwrap().permissions().mode() & 0o777;
+    // Opened up by hand: the peer check alone must keep nobody out.
+    std::fs::set_permissions(&uds, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let answer = connect_as_nobody(&uds);
+    vm.signal(libc::SIGTERM);
+    let out = vm.wait_timeout(Duration::from_secs(10));
+    assert_eq!(mode, 0o600, "created under umask 000");
+    assert_eq!(answer, Ok(String::new()), "{out}");
+    assert!(
+        out.stderr.contains("refused a host client of another user"),
+        "{out}"
+    );
+}

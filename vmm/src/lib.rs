@@ -11,6 +11,7 @@ pub mod device_manager;
 pub mod doctor;
 pub mod exit;
 pub mod machine;
+pub mod ready_fd;
 pub mod sandbox;
 pub mod signals;
 pub mod vcpu;

@@ -267,6 +267,16 @@ fn main() -> ExitCode {
             return ExitCode::from(code as u8);
         }
     };
+    // Before anything of ours is opened: a wrong number must not name one of our fds.
+    let ready_fd = match &cli.command {
+        Command::Run(a) => a.ready_fd,
+        Command::Supervise(a) => a.ready_fd,
+        _ => None,
+    };
+    if let Some(Err(e)) = ready_fd.map(vmm::ready_fd::claim) {
+        eprintln!("vmm: {e}");
+        return ExitCode::from(EXIT_SETUP_ERROR as u8);
+    }
     let code = match cli.command {
         Command::Run(args) => run(args).unwrap_or_else(|e| {
             eprintln!("vmm: {}", error_chain(&e));

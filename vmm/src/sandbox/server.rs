@@ -7,7 +7,7 @@ use std::sync::Arc;
 use agent::api::sandbox_server::SandboxServer;
 use agent::connect::{CONNECTION_WINDOW, STREAM_WINDOW};
 use agent::socket::Socket;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
@@ -46,22 +46,9 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ServeError> {
         }
         Err(_) => {}
     }
-    // SAFETY: umask only swaps the process's file creation mask; the socket file is
-    // created 0600 by bind, with no window where others could connect.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    bound.map_err(err)
-}
-
-fn peer_allowed(stream: &UnixStream) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    match stream.peer_cred() {
-        Ok(cred) => cred.uid() == me || cred.uid() == 0,
-        Err(_) => false,
-    }
+    let listener = devices::owner_only::bind(path).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    UnixListener::from_std(listener).map_err(err)
 }
 
 /// Serves until `stop` turns true, then finishes the calls in flight.
@@ -72,7 +59,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let incoming = UnixListenerStream::new(listener)
         .filter(|conn| match conn {
-            Ok(stream) if !peer_allowed(stream) => {
+            Ok(stream) if !devices::owner_only::peer_allowed(stream) => {
                 log::warn!("API: refused a connection from another user");
                 false
             }

@@ -102,18 +102,37 @@ impl SandboxService {
     }
 }
 
-/// Forwards a client's stdin/signals/resizes to the process until the client goes.
-async fn forward_input(mut from_client: Streaming<ExecRequest>, exec: Arc<Exec>) {
+/// Highest signal number Linux has (SIGRTMAX).
+const MAX_SIGNAL: i32 = 64;
+
+/// Forwards a client's stdin/signals/resizes to the process until the client goes. A
+/// message the process cannot get (a signal out of range, a second start or attach) ends
+/// this client's stream with INVALID_ARGUMENT, sent through `errors`; the process runs on
+/// and can be attached again.
+async fn forward_input(
+    mut from_client: Streaming<ExecRequest>,
+    exec: Arc<Exec>,
+    errors: mpsc::Sender<Result<ExecEvent, Status>>,
+) {
     while let Ok(Some(req)) = from_client.message().await {
         let input = match req.request {
             Some(exec_request::Request::Stdin(d)) => exec_input::Input::Stdin(d),
             Some(exec_request::Request::CloseStdin(c)) => exec_input::Input::CloseStdin(c),
-            Some(exec_request::Request::Signal(s)) => exec_input::Input::Signal(s),
-            Some(exec_request::Request::Resize(w)) => exec_input::Input::Resize(w),
-            // A second start/attach on the same stream is a client bug; ignore it.
-            Some(exec_request::Request::Start(_) | exec_request::Request::Attach(_)) | None => {
-                continue
+            Some(exec_request::Request::Signal(s)) if (1..=MAX_SIGNAL).contains(&s) => {
+                exec_input::Input::Signal(s)
             }
+            Some(exec_request::Request::Signal(s)) => {
+                let msg = format!("signal {s} is out of range (1-{MAX_SIGNAL})");
+                let _ = errors.send(Err(Status::invalid_argument(msg))).await;
+                return;
+            }
+            Some(exec_request::Request::Resize(w)) => exec_input::Input::Resize(w),
+            Some(exec_request::Request::Start(_) | exec_request::Request::Attach(_)) => {
+                let msg = "start and attach may only be the first message of an exec stream";
+                let _ = errors.send(Err(Status::invalid_argument(msg))).await;
+                return;
+            }
+            None => continue,
         };
         if exec
             .input
@@ -183,8 +202,10 @@ impl Sandbox for SandboxService {
                 ))
             }
         };
-        tokio::spawn(forward_input(from_client, exec.clone()));
-        Ok(Response::new(Box::pin(attach(exec, stdout_at, stderr_at))))
+        let (errors, input_errors) = mpsc::channel(1);
+        tokio::spawn(forward_input(from_client, exec.clone(), errors));
+        let events = attach(exec, stdout_at, stderr_at).merge(ReceiverStream::new(input_errors));
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn write_file(

@@ -234,6 +234,10 @@ impl Muxer {
                     return;
                 }
             };
+            if !crate::owner_only::peer_allowed(&stream) {
+                log::warn!("virtio-vsock: refused a host client of another user");
+                continue;
+            }
             if self.clients.len() >= MAX_PENDING_CLIENTS || self.conns.len() >= MAX_CONNECTIONS {
                 log::warn!("virtio-vsock: too many connections; host client refused");
                 continue;

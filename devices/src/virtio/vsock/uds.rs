@@ -74,7 +74,8 @@ pub fn bind_listener(path: &Path) -> Result<UnixListener, UdsError> {
         path: path.to_path_buf(),
         source,
     };
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    // Connecting to it reaches the agent: only our user may (the muxer checks peers too).
+    let listener = crate::owner_only::bind(path).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     Ok(listener)
 }
