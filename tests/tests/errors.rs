@@ -161,3 +161,93 @@ fn a_ready_fd_that_is_not_open_or_is_stdio_is_refused() {
         assert_config_error(&out, needle);
     }
 }
+
+/// Files that would hang or mislead the VMM are refused up front: a FIFO (opening it waits
+/// for a writer forever), a character device (/dev/zero has no end), a directory.
+#[test]
+fn fifos_and_devices_are_not_kernels_initrds_or_disks() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for (flag, path, needle) in [
+        ("--kernel", fifo.as_path(), "is a FIFO"),
+        ("--initrd", fifo.as_path(), "is a FIFO"),
+        ("--rootfs", fifo.as_path(), "is a FIFO"),
+        ("--drive", fifo.as_path(), "is a FIFO"),
+        ("--initrd", Path::new("/dev/zero"), "is a character device"),
+        ("--drive", Path::new("/dev/zero"), "is a character device"),
+        ("--initrd", Path::new("/"), "is a directory"),
+    ] {
+        let out = if flag == "--kernel" {
+            vmm(&[&"run", &flag, &path])
+        } else {
+            vmm(&[&"run", &"--kernel", &TINY_ELF, &flag, &path])
+        };
+        assert_config_error(&out, needle);
+    }
+}
+
+/// An ELF64 kernel for another architecture is refused, not booted.
+#[test]
+fn an_elf_for_another_machine_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vmlinux-arm64");
+    let mut elf = fs::read(TINY_ELF).unwrap();
+    elf[18..20].copy_from_slice(&183u16.to_le_bytes()); // EM_AARCH64
+    fs::write(&path, elf).unwrap();
+    let out = vmm(&[&"run", &"--kernel", &path]);
+    assert_config_error(&out, "machine 183");
+}
+
+/// A NUL would silently cut the kernel command line.
+#[test]
+fn a_nul_in_append_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("kernel = {TINY_ELF:?}\nappend = \"test=boot\\u0000 secret\"\n"),
+    );
+    let out = vmm(&[&"run", &"--config", &cfg]);
+    assert_config_error(&out, "NUL");
+}
+
+/// A writable image belongs to one drive of one VM: the same file twice, or a second VM
+/// on it, is refused (flock); read-only images may be shared.
+#[test]
+fn a_writable_image_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("disk.img");
+    fs::write(&img, vec![0u8; 64 * 512]).unwrap();
+    let ro = format!("{},ro", img.display());
+    let out = vmm(&[
+        &"run",
+        &"--kernel",
+        &TINY_ELF,
+        &"--rootfs",
+        &img,
+        &"--drive",
+        &img,
+    ]);
+    assert_config_error(&out, "in use");
+    let out = vmm(&[
+        &"run",
+        &"--kernel",
+        &TINY_ELF,
+        &"--rootfs",
+        &img,
+        &"--drive",
+        &ro,
+    ]);
+    assert_config_error(&out, "in use");
+    let shared = Vmm::guest(TINY_ELF, "blk").drive(&ro).drive(&ro).run();
+    shared.assert_passed();
+    // A second VMM while the first one holds the image.
+    let mut first = Vmm::guest(TINY_ELF, "hang").drive(&img).spawn();
+    first.wait_for_stdout("info ready", Duration::from_secs(20));
+    let second = vmm(&[&"run", &"--kernel", &TINY_ELF, &"--drive", &img]);
+    first.signal(libc::SIGTERM);
+    first.wait_timeout(Duration::from_secs(10));
+    assert_config_error(&second, "in use");
+}

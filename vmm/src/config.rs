@@ -164,6 +164,8 @@ pub enum ConfigError {
     GuestCid(u64),
     #[error("{0} drives given, at most {MAX_VIRTIO_DEVICES} fit")]
     TooManyDrives(usize),
+    #[error("append: contains a NUL byte, where the kernel would cut the command line")]
+    AppendNul,
     #[error("append: the kernel command line would be {len} bytes, more than {max}")]
     CmdlineTooLong { len: usize, max: usize },
 }
@@ -261,6 +263,10 @@ impl VmConfig {
             });
         }
         let append = flags.append.or(file.append).unwrap_or_default();
+        if append.contains('\0') {
+            // The kernel would stop reading the command line there.
+            return Err(ConfigError::AppendNul);
+        }
 
         let root = flags.rootfs.or(file.rootfs);
         let has_root = root.is_some();
@@ -425,9 +431,21 @@ fn bad(what: &'static str, path: &Path, reason: impl Into<String>) -> ConfigErro
 
 /// Checks a file can be opened and is non-empty; disks must also be whole sectors.
 fn check_file(what: &'static str, path: &Path, disk: bool) -> Result<u64, ConfigError> {
+    use std::os::unix::fs::FileTypeExt;
     let meta = std::fs::metadata(path).map_err(|e| bad(what, path, e.to_string()))?;
-    if meta.is_dir() {
-        return Err(bad(what, path, "is a directory"));
+    let kind = meta.file_type();
+    // Opening a FIFO would wait for a writer forever, and /dev/zero has no end.
+    if !(kind.is_file() || (disk && kind.is_block_device())) {
+        let expected = if disk {
+            "a regular file or a block device"
+        } else {
+            "a regular file"
+        };
+        return Err(bad(
+            what,
+            path,
+            format!("is {}, not {expected}", describe(kind)),
+        ));
     }
     let file = File::open(path).map_err(|e| bad(what, path, e.to_string()))?;
     // The end offset sizes block devices as well as files (st_size is 0 for a device).
@@ -447,7 +465,28 @@ fn check_file(what: &'static str, path: &Path, disk: bool) -> Result<u64, Config
     Ok(size)
 }
 
-/// The kernel must be an ELF64 image or a bzImage; anything else fails here, not in the VM.
+fn describe(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// ELF's e_machine for x86-64.
+const EM_X86_64: u16 = 62;
+
+/// The kernel must be an x86-64 ELF64 image or a bzImage; anything else fails here, not
+/// in the VM.
 fn check_kernel(path: &Path) -> Result<(), ConfigError> {
     check_file("kernel", path, false)?;
     let mut head = [0u8; 0x210];
@@ -456,6 +495,19 @@ fn check_kernel(path: &Path) -> Result<(), ConfigError> {
     let head = &head[..n];
     let is_elf64 = head.len() > 4 && &head[..4] == b"\x7fELF" && head[4] == 2;
     let is_bzimage = head.len() >= 0x206 && &head[0x202..0x206] == b"HdrS";
+    if is_elf64 {
+        let machine = head.get(18..20).map(|m| u16::from_le_bytes([m[0], m[1]]));
+        if machine != Some(EM_X86_64) {
+            return Err(bad(
+                "kernel",
+                path,
+                format!(
+                    "is an ELF for machine {}, not x86-64 ({EM_X86_64})",
+                    machine.unwrap_or(0)
+                ),
+            ));
+        }
+    }
     if is_elf64 || is_bzimage {
         Ok(())
     } else {

@@ -55,6 +55,13 @@ pub enum BlockError {
         #[source]
         source: std::io::Error,
     },
+    #[error("disk image {path} is in use: another drive or VM has it open{}",
+        if source.kind() == std::io::ErrorKind::WouldBlock { "" } else { " (or it cannot be locked)" })]
+    Locked {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("disk image {path} is {size} bytes, not a multiple of 512")]
     UnalignedSize { path: PathBuf, size: u64 },
     #[error("disk image {path} is empty")]
@@ -86,6 +93,10 @@ impl Block {
                 path: config.path.clone(),
                 source,
             })?;
+        lock_image(&file, config.read_only).map_err(|source| BlockError::Locked {
+            path: config.path.clone(),
+            source,
+        })?;
         let engine = RawFile::new(file).map_err(|source| BlockError::Open {
             path: config.path.clone(),
             source,
@@ -173,6 +184,24 @@ impl Block {
         String::from_utf8_lossy(&self.id)
             .trim_end_matches('\0')
             .to_string()
+    }
+}
+
+/// An exclusive lock for a writable image, a shared one for a read-only image (flock:
+/// per open file, so the same file as two drives of one VM conflicts too). Two writers,
+/// or a writer and a reader, would corrupt each other's view of the filesystem.
+fn lock_image(file: &std::fs::File, read_only: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mode = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock only takes the descriptor, owned by `file`, and flags.
+    if unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
