@@ -453,6 +453,79 @@ async fn terminate_ends_the_sandbox(mut sb: Sandbox) {
 }
 e2e!(terminate_ends_the_sandbox);
 
+/// Exec ids are short and plain, and an id is held from the moment a start asks for it:
+/// of two concurrent starts with one id, exactly one runs. Status stays small whatever the
+/// clients ran (long argv are cut in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_ids_are_checked_and_held_and_status_stays_small() {
+    let sb = tokio::task::spawn_blocking(|| Sandbox::start(Backend::Jail))
+        .await
+        .unwrap();
+    let c = sb.client().await;
+    for bad in [
+        "x".repeat(4 << 20),
+        "e1\x1b[2J".to_string(),
+        String::new() + " ",
+    ] {
+        let err = c.exec(argv(&["true"]), Some(bad.clone())).await.err();
+        let code = match err {
+            Some(vmm::client::ClientError::Status(s)) => s.code(),
+            other => panic!("id of {} bytes: {other:?}", bad.len()),
+        };
+        assert_eq!(
+            code,
+            tonic::Code::InvalidArgument,
+            "id of {} bytes",
+            bad.len()
+        );
+    }
+    let (a, b) = tokio::join!(
+        c.exec(argv(&["sleep", "30"]), Some("twin".into())),
+        c.exec(argv(&["sleep", "30"]), Some("twin".into())),
+    );
+    let (winner, loser) = match (a, b) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        (a, b) => panic!("both or neither started: {:?} {:?}", a.is_ok(), b.is_ok()),
+    };
+    assert!(
+        matches!(&loser, vmm::client::ClientError::Status(s) if s.code() == tonic::Code::AlreadyExists),
+        "{loser:?}"
+    );
+    // Ten execs with argv near Linux's limit (~1.9 MiB each): more than Status's 16 MiB
+    // message limit if it repeated them whole.
+    let big = "y".repeat(120 << 10);
+    for _ in 0..10 {
+        let mut args = vec!["true".to_string()];
+        args.extend(std::iter::repeat_n(big.clone(), 16));
+        let process = ExecStart {
+            argv: args,
+            ..Default::default()
+        };
+        let session = c.exec(process, None).await.unwrap();
+        collect(session).await.unwrap();
+    }
+    let status = c.status().await.expect("status answers");
+    let twins: Vec<_> = status
+        .execs
+        .iter()
+        .filter(|e| e.exec_id == "twin")
+        .collect();
+    assert_eq!(twins.len(), 1);
+    assert!(twins[0].running && twins[0].pid == winner.pid);
+    for e in &status.execs {
+        assert!(
+            e.argv.iter().map(String::len).sum::<usize>() <= 1024 + 3,
+            "{:?}",
+            e.exec_id
+        );
+    }
+    winner
+        .input
+        .send(request(exec_request::Request::Signal(libc::SIGKILL)))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifetime_timeout_ends_the_jail_sandbox() {
     let mut sb =

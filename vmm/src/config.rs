@@ -556,6 +556,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let mut elf = vec![0u8; 64];
             elf[..5].copy_from_slice(b"\x7fELF\x02");
+            elf[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
             std::fs::write(dir.path().join("vmlinux"), elf).unwrap();
             std::fs::write(dir.path().join("disk.img"), vec![0u8; 4096]).unwrap();
             std::fs::write(dir.path().join("odd.img"), vec![0u8; 1000]).unwrap();

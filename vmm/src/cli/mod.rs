@@ -61,7 +61,7 @@ pub fn status_text(s: &agent::api::StatusResponse) -> String {
         s.uptime_ms, s.ready_after_ms
     );
     if !s.detail.is_empty() {
-        out.push_str(&format!("  ({})", s.detail));
+        out.push_str(&format!("  ({})", printable(&s.detail)));
     }
     for e in &s.execs {
         let end = match e.exited.as_ref().and_then(|x| x.status) {
@@ -72,12 +72,53 @@ pub fn status_text(s: &agent::api::StatusResponse) -> String {
         };
         out.push_str(&format!(
             "\n{}  pid {}  {end}  out {} B  err {} B  {}",
-            e.exec_id,
+            printable(&e.exec_id),
             e.pid,
             e.stdout_bytes,
             e.stderr_bytes,
-            e.argv.join(" ")
+            printable(&e.argv.join(" "))
         ));
     }
     out
+}
+
+/// Control characters escaped (`\u{1b}`): what a sandbox chose to name or run must not
+/// drive the terminal that reads `vmm status`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent::api::{ExecInfo, StatusResponse};
+
+    #[test]
+    fn status_escapes_what_the_sandbox_chose() {
+        let s = StatusResponse {
+            detail: "agent \x1b]0;pwned\x07".into(),
+            execs: vec![ExecInfo {
+                exec_id: "e1\x1b[2J".into(),
+                argv: vec!["printf".into(), "\x1b[31mred\r\n".into()],
+                running: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = status_text(&s);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("e1\\u{1b}[2J"), "{text}");
+        assert_eq!(text.lines().count(), 2);
+    }
 }

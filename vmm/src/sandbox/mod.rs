@@ -5,11 +5,11 @@
 
 mod agent_link;
 mod exec;
+mod exec_id;
 mod output;
 mod server;
 mod service;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -58,7 +58,7 @@ pub struct Supervisor {
     options: Options,
     agent: AgentClient<Channel>,
     health: Mutex<Health>,
-    execs: Mutex<HashMap<String, Arc<Exec>>>,
+    execs: exec_id::ExecTable,
     next_exec: AtomicU64,
     terminating: AtomicBool,
     end_cause: Arc<Mutex<Option<EndCause>>>,
@@ -99,7 +99,7 @@ impl Supervisor {
     }
 
     fn exec(&self, id: &str) -> Option<Arc<Exec>> {
-        lock(&self.execs).get(id).cloned()
+        self.execs.get(id)
     }
 
     /// Asks the agent to sync and power off, then ends the sandbox after `grace` at most.
@@ -153,7 +153,7 @@ pub fn spawn(
             ready_after: None,
             detail: String::new(),
         }),
-        execs: Mutex::new(HashMap::new()),
+        execs: exec_id::ExecTable::default(),
         next_exec: AtomicU64::new(1),
         terminating: AtomicBool::new(false),
         end_cause: Arc::new(Mutex::new(None)),

@@ -18,6 +18,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::exec::{attach, pump, Exec};
+use super::exec_id;
 use super::{EndCause, Supervisor, DEFAULT_GRACE};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, Status>> + Send>>;
@@ -49,16 +50,16 @@ impl SandboxService {
         if process.argv.is_empty() {
             return Err(Status::invalid_argument("start.process.argv is empty"));
         }
-        let id = if start.exec_id.is_empty() {
-            let n = self.supervisor.next_exec.fetch_add(1, Ordering::SeqCst);
-            format!("e{n}")
+        let table = &self.supervisor.execs;
+        // Held from here until the exec is in the table: a second start with the same id
+        // fails now, not after both processes ran.
+        let reservation = if start.exec_id.is_empty() {
+            table.reserve_generated(|| self.supervisor.next_exec.fetch_add(1, Ordering::SeqCst))
         } else {
-            start.exec_id
+            exec_id::validate(&start.exec_id)?;
+            table.reserve(start.exec_id)?
         };
-        if self.supervisor.exec(&id).is_some() {
-            return Err(Status::already_exists(format!("exec id {id:?} is taken")));
-        }
-        let argv = process.argv.clone();
+        let argv = summarize_argv(&process.argv);
         let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
         input_tx
             .send(ExecInput {
@@ -81,12 +82,8 @@ impl SandboxService {
                 ))
             }
         };
-        let exec = Arc::new(Exec::new(id.clone(), argv, pid, input_tx));
-        {
-            let mut execs = lock(&self.supervisor.execs);
-            super::exec::forget_old(&mut execs);
-            execs.insert(id, exec.clone());
-        }
+        let exec = Arc::new(Exec::new(reservation.id().to_string(), argv, pid, input_tx));
+        reservation.register(exec.clone());
         tokio::spawn(pump(exec.clone(), outputs));
         Ok(exec)
     }
@@ -100,6 +97,30 @@ impl SandboxService {
             .map_err(|e| Status::out_of_range(e.to_string()))?;
         Ok(exec)
     }
+}
+
+/// How much of an exec's argv Status repeats: every exec is listed, so the answer stays
+/// small whatever the clients ran.
+const STATUS_ARGV_BYTES: usize = 1024;
+
+/// The argv as Status shows it: whole arguments up to `STATUS_ARGV_BYTES`, then "…".
+fn summarize_argv(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut used = 0;
+    for arg in argv {
+        if used + arg.len() > STATUS_ARGV_BYTES {
+            let room = STATUS_ARGV_BYTES.saturating_sub(used);
+            let cut = (0..=room.min(arg.len()))
+                .rev()
+                .find(|&i| arg.is_char_boundary(i))
+                .unwrap_or(0);
+            out.push(format!("{}…", &arg[..cut]));
+            break;
+        }
+        used += arg.len();
+        out.push(arg.clone());
+    }
+    out
 }
 
 /// Highest signal number Linux has (SIGRTMAX).
@@ -153,7 +174,7 @@ impl Sandbox for SandboxService {
             let h = lock(&s.health);
             (h.state, h.ready_after, h.detail.clone())
         };
-        let mut execs: Vec<ExecInfo> = lock(&s.execs)
+        let mut execs: Vec<ExecInfo> = lock(&s.execs.execs)
             .values()
             .map(|e| {
                 let st = lock(&e.state);

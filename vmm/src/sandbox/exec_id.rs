@@ -1,0 +1,132 @@
+//! Exec ids: what a client may name an exec, and the reservation that makes two
+//! concurrent starts with the same id impossible (one wins, the other gets ALREADY_EXISTS
+//! before anything runs).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use devices::bus::lock;
+use tonic::Status;
+
+use super::exec::Exec;
+
+/// Longest exec id a client may choose.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Ids are 1 to 128 of `A-Z a-z 0-9 . _ : @ -`: safe in a terminal, a file name, a URL.
+pub fn validate(id: &str) -> Result<(), Status> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "._:@-".contains(c);
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(ok_char) {
+        return Err(Status::invalid_argument(format!(
+            "exec id must be 1-{MAX_ID_LEN} characters of A-Z a-z 0-9 . _ : @ - (got {} bytes)",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The sandbox's execs by id, and the ids of starts still waiting for the agent.
+#[derive(Default)]
+pub struct ExecTable {
+    pub execs: Mutex<HashMap<String, Arc<Exec>>>,
+    starting: Mutex<HashSet<String>>,
+}
+
+/// An id held for a start in progress; released on drop unless the exec was registered.
+pub struct Reservation<'a> {
+    table: &'a ExecTable,
+    id: String,
+}
+
+impl ExecTable {
+    pub fn get(&self, id: &str) -> Option<Arc<Exec>> {
+        lock(&self.execs).get(id).cloned()
+    }
+
+    /// Holds `id` for a start, or says it is taken (by an exec or another start).
+    pub fn reserve(&self, id: String) -> Result<Reservation<'_>, Status> {
+        // Lock order: execs, then starting (register takes them in the same order).
+        let execs = lock(&self.execs);
+        let mut starting = lock(&self.starting);
+        if execs.contains_key(&id) || !starting.insert(id.clone()) {
+            return Err(Status::already_exists(format!("exec id {id:?} is taken")));
+        }
+        Ok(Reservation { table: self, id })
+    }
+
+    /// The first free `e<N>` at or after `next`.
+    pub fn reserve_generated(&self, next: impl Fn() -> u64) -> Reservation<'_> {
+        loop {
+            if let Ok(r) = self.reserve(format!("e{}", next())) {
+                return r;
+            }
+        }
+    }
+}
+
+impl Reservation<'_> {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Puts the started exec in the table under the reserved id.
+    pub fn register(self, exec: Arc<Exec>) {
+        let mut execs = lock(&self.table.execs);
+        super::exec::forget_old(&mut execs);
+        execs.insert(self.id.clone(), exec);
+        // `self` drops here: the reservation ends with the exec in place.
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        lock(&self.table.starting).remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_short_and_plain() {
+        for good in [
+            "e1",
+            "build-42",
+            "job_7.retry:2@host",
+            &"x".repeat(MAX_ID_LEN),
+        ] {
+            assert!(validate(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "\x1b[2J",
+            "a b",
+            "../x",
+            "ü",
+            &"x".repeat(MAX_ID_LEN + 1),
+        ] {
+            assert!(validate(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_id_is_held_until_its_start_ends() {
+        let table = ExecTable::default();
+        let first = table.reserve("job".into()).unwrap();
+        assert_eq!(
+            table.reserve("job".into()).err().unwrap().code(),
+            tonic::Code::AlreadyExists
+        );
+        drop(first);
+        assert!(
+            table.reserve("job".into()).is_ok(),
+            "a failed start frees its id"
+        );
+        let n = std::sync::atomic::AtomicU64::new(1);
+        let taken = table.reserve("e1".into()).unwrap();
+        let next = || n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(table.reserve_generated(next).id(), "e2");
+        drop(taken);
+    }
+}
