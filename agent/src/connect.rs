@@ -14,10 +14,15 @@ use crate::socket::Socket;
 
 /// Longest `OK <port>\n` answer we accept.
 const MAX_HANDSHAKE_LINE: usize = 32;
-/// Per-stream and per-connection HTTP/2 windows: large enough that one paused stream
-/// never starves the others of connection credit.
+/// HTTP/2 flow control between the supervisor and the agent. A stream whose reader
+/// paused (a client not reading an exec's output, a process not reading stdin) holds at
+/// most STREAM_WINDOW of connection credit. The connection window is as large as HTTP/2
+/// allows and the agent admits at most MAX_STREAMS streams, so paused streams can never
+/// use up the connection's credit and stall the others.
 pub const STREAM_WINDOW: u32 = 1 << 20;
-pub const CONNECTION_WINDOW: u32 = 64 << 20;
+pub const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+pub const MAX_STREAMS: u32 = 1024;
+const _: () = assert!(MAX_STREAMS as u64 * STREAM_WINDOW as u64 <= CONNECTION_WINDOW as u64);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

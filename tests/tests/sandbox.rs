@@ -526,6 +526,36 @@ async fn exec_ids_are_checked_and_held_and_status_stays_small() {
         .unwrap();
 }
 
+/// Eighty execs whose output nobody reads (more than the 64 that once used up the
+/// supervisor-agent connection's flow-control credit) stall only themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eighty_stalled_execs_stall_nothing_else() {
+    let sb = tokio::task::spawn_blocking(|| Sandbox::start(Backend::Jail))
+        .await
+        .unwrap();
+    let c = sb.client().await;
+    let run = async {
+        let mut stalled = Vec::new();
+        for _ in 0..80 {
+            // 8 MiB: more than the supervisor keeps undelivered plus the stream window.
+            let session = c
+                .exec(argv(&["head", "-c", "8388608", "/dev/zero"]), None)
+                .await
+                .unwrap();
+            stalled.push(session);
+        }
+        // Let the stalled streams fill every buffer they can.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let out = sh(&c, "echo through").await;
+        drop(stalled);
+        out
+    };
+    let out = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("execs were stalled by others that nobody reads");
+    assert_eq!(text(&out.stdout), "through\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifetime_timeout_ends_the_jail_sandbox() {
     let mut sb =

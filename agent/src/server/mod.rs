@@ -30,10 +30,7 @@ use service::AgentService;
 /// Time for the Shutdown reply to reach the client before the agent goes away.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
 
-/// Unconsumed input one stream may have in flight (HTTP/2 stream window).
-const STREAM_WINDOW: u32 = 1 << 20;
-/// The largest HTTP/2 window: the connection never limits before the streams do.
-const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+use agent::connect::{CONNECTION_WINDOW, MAX_STREAMS, STREAM_WINDOW};
 
 /// How the agent ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +53,8 @@ pub async fn serve(args: &Args, is_init: bool) -> Result<Exit, Box<dyn std::erro
     // for one exec (a process not reading stdin) never starves the other streams.
     let builder = Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_STREAMS);
     let exit = if is_init && matches!(args.listen, Listen::Vsock(_)) {
         Exit::PowerOff
     } else {

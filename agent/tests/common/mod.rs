@@ -22,8 +22,7 @@ pub type Client = AgentClient<Channel>;
 
 /// HTTP/2 windows of the test client, as the supervisor sets them (agent::connect):
 /// a stream that is not read holds at most its own window of connection credit.
-pub const STREAM_WINDOW: u32 = 1 << 20;
-pub const CONNECTION_WINDOW: u32 = 64 << 20;
+pub use agent::connect::{CONNECTION_WINDOW, STREAM_WINDOW};
 
 /// A tonic client over the Unix socket at `path`.
 pub async fn connect(path: &Path) -> Client {

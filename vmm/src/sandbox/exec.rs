@@ -60,6 +60,11 @@ impl Exec {
         }
     }
 
+    /// Neither exited nor lost.
+    pub fn is_running(&self) -> bool {
+        lock(&self.state).finished_at.is_none()
+    }
+
     fn notify(&self) {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }

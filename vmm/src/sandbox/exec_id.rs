@@ -12,6 +12,10 @@ use super::exec::Exec;
 
 /// Longest exec id a client may choose.
 pub const MAX_ID_LEN: usize = 128;
+/// Execs running (or starting) at once. Each holds an HTTP/2 stream to the agent, and the
+/// agent admits `agent::connect::MAX_STREAMS`; file transfers need streams too.
+pub const MAX_RUNNING_EXECS: usize = 512;
+const _: () = assert!(MAX_RUNNING_EXECS * 2 <= agent::connect::MAX_STREAMS as usize);
 
 /// Ids are 1 to 128 of `A-Z a-z 0-9 . _ : @ -`: safe in a terminal, a file name, a URL.
 pub fn validate(id: &str) -> Result<(), Status> {
@@ -48,17 +52,25 @@ impl ExecTable {
         // Lock order: execs, then starting (register takes them in the same order).
         let execs = lock(&self.execs);
         let mut starting = lock(&self.starting);
-        if execs.contains_key(&id) || !starting.insert(id.clone()) {
+        if execs.contains_key(&id) || starting.contains(&id) {
             return Err(Status::already_exists(format!("exec id {id:?} is taken")));
         }
+        let running = execs.values().filter(|e| e.is_running()).count() + starting.len();
+        if running >= MAX_RUNNING_EXECS {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_RUNNING_EXECS} execs are running; wait for one to end"
+            )));
+        }
+        starting.insert(id.clone());
         Ok(Reservation { table: self, id })
     }
 
     /// The first free `e<N>` at or after `next`.
-    pub fn reserve_generated(&self, next: impl Fn() -> u64) -> Reservation<'_> {
+    pub fn reserve_generated(&self, next: impl Fn() -> u64) -> Result<Reservation<'_>, Status> {
         loop {
-            if let Ok(r) = self.reserve(format!("e{}", next())) {
-                return r;
+            match self.reserve(format!("e{}", next())) {
+                Err(s) if s.code() == tonic::Code::AlreadyExists => continue,
+                other => return other,
             }
         }
     }
@@ -126,7 +138,22 @@ mod tests {
         let n = std::sync::atomic::AtomicU64::new(1);
         let taken = table.reserve("e1".into()).unwrap();
         let next = || n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(table.reserve_generated(next).id(), "e2");
+        assert_eq!(table.reserve_generated(next).unwrap().id(), "e2");
         drop(taken);
+    }
+
+    #[test]
+    fn starts_beyond_the_running_limit_are_refused() {
+        let table = ExecTable::default();
+        let (input, _keep) = tokio::sync::mpsc::channel(1);
+        for i in 0..MAX_RUNNING_EXECS - 1 {
+            let exec = Arc::new(Exec::new(format!("r{i}"), vec![], 1, input.clone()));
+            table.reserve(format!("r{i}")).unwrap().register(exec);
+        }
+        let last = table.reserve("last".into()).unwrap();
+        let refused = table.reserve("one-more".into()).err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        drop(last);
+        assert!(table.reserve("one-more".into()).is_ok());
     }
 }

@@ -5,7 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agent::api::sandbox_server::SandboxServer;
-use agent::connect::{CONNECTION_WINDOW, STREAM_WINDOW};
+/// HTTP/2 windows toward API clients. Per client connection, what the clients send and
+/// the sandbox has not consumed yet (stdin of processes that do not read it) is bounded
+/// by the connection window.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
 use agent::socket::Socket;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;

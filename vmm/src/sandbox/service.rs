@@ -54,7 +54,7 @@ impl SandboxService {
         // Held from here until the exec is in the table: a second start with the same id
         // fails now, not after both processes ran.
         let reservation = if start.exec_id.is_empty() {
-            table.reserve_generated(|| self.supervisor.next_exec.fetch_add(1, Ordering::SeqCst))
+            table.reserve_generated(|| self.supervisor.next_exec.fetch_add(1, Ordering::SeqCst))?
         } else {
             exec_id::validate(&start.exec_id)?;
             table.reserve(start.exec_id)?
