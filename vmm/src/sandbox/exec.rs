@@ -12,12 +12,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::output::{OutputError, OutputLog};
+use super::exec_id::ExecTable;
+use super::output::{Budget, OutputError, OutputLog};
 
-/// Bytes kept for re-attach after delivery, per stream.
+/// Bytes kept for re-attach after delivery, per stream (the sandbox's budget may evict
+/// them sooner).
 const RETAIN: u64 = 16 << 20;
-/// Undelivered bytes per stream before the process is throttled.
-const WINDOW: u64 = 4 << 20;
 /// Largest output message sent to a client.
 const CHUNK: usize = 256 << 10;
 
@@ -43,14 +43,20 @@ pub struct Exec {
 }
 
 impl Exec {
-    pub fn new(id: String, argv: Vec<String>, pid: u32, input: mpsc::Sender<ExecInput>) -> Self {
+    pub fn new(
+        id: String,
+        argv: Vec<String>,
+        pid: u32,
+        input: mpsc::Sender<ExecInput>,
+        budget: &Arc<Budget>,
+    ) -> Self {
         Self {
             id,
             argv,
             state: Mutex::new(ExecState {
                 pid,
-                stdout: OutputLog::new(RETAIN, WINDOW),
-                stderr: OutputLog::new(RETAIN, WINDOW),
+                stdout: OutputLog::new(RETAIN, budget.clone()),
+                stderr: OutputLog::new(RETAIN, budget.clone()),
                 exited: None,
                 error: None,
                 finished_at: None,
@@ -99,26 +105,28 @@ const FORGET_SLACK: usize = 32;
 
 /// Drops the longest-finished execs beyond `MAX_FINISHED_EXECS`, once there are
 /// `FORGET_SLACK` more execs than that.
-pub fn forget_old(execs: &mut std::collections::HashMap<String, Arc<Exec>>) {
+/// Returns whether any was forgotten.
+pub fn forget_old(execs: &mut std::collections::HashMap<String, Arc<Exec>>) -> bool {
     if execs.len() <= MAX_FINISHED_EXECS + FORGET_SLACK {
-        return;
+        return false;
     }
     let mut finished: Vec<(std::time::Instant, String)> = execs
         .values()
         .filter_map(|e| lock(&e.state).finished_at.map(|t| (t, e.id.clone())))
         .collect();
     if finished.len() <= MAX_FINISHED_EXECS {
-        return;
+        return false;
     }
     finished.sort_unstable();
     let excess = finished.len() - MAX_FINISHED_EXECS;
     for (_, id) in finished.into_iter().take(excess) {
         execs.remove(&id);
     }
+    true
 }
 
 /// Moves the agent's output into the logs until the process exits or the stream breaks.
-pub async fn pump(exec: Arc<Exec>, mut from_agent: Streaming<ExecOutput>) {
+pub async fn pump(exec: Arc<Exec>, mut from_agent: Streaming<ExecOutput>, table: Arc<ExecTable>) {
     let mut changes = exec.changed.subscribe();
     loop {
         // Backpressure: stop taking output while a client is this far behind.
@@ -155,9 +163,14 @@ pub async fn pump(exec: Arc<Exec>, mut from_agent: Streaming<ExecOutput>) {
             let done = st.exited.is_some() || st.error.is_some();
             if done {
                 st.finished_at = Some(std::time::Instant::now());
+                st.stdout.finish();
+                st.stderr.finish();
             }
             drop(st);
             exec.notify();
+            if table.budget.over() {
+                table.evict();
+            }
             if done {
                 return;
             }
@@ -284,7 +297,7 @@ mod tests {
         let now = std::time::Instant::now();
         let add = |execs: &mut std::collections::HashMap<_, _>, i: usize, finished: bool| {
             let (tx, _) = mpsc::channel(1);
-            let e = Arc::new(Exec::new(format!("e{i}"), vec![], 1, tx));
+            let e = Arc::new(Exec::new(format!("e{i}"), vec![], 1, tx, &Arc::default()));
             if finished {
                 lock(&e.state).finished_at = Some(now + std::time::Duration::from_millis(i as u64));
             }

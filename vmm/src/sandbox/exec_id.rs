@@ -9,6 +9,7 @@ use devices::bus::lock;
 use tonic::Status;
 
 use super::exec::Exec;
+use super::output::Budget;
 
 /// Longest exec id a client may choose.
 pub const MAX_ID_LEN: usize = 128;
@@ -29,11 +30,13 @@ pub fn validate(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// The sandbox's execs by id, and the ids of starts still waiting for the agent.
+/// The sandbox's execs by id, the ids of starts still waiting for the agent, and the
+/// memory their output holds.
 #[derive(Default)]
 pub struct ExecTable {
     pub execs: Mutex<HashMap<String, Arc<Exec>>>,
     starting: Mutex<HashSet<String>>,
+    pub budget: Arc<Budget>,
 }
 
 /// An id held for a start in progress; released on drop unless the exec was registered.
@@ -65,6 +68,35 @@ impl ExecTable {
         Ok(Reservation { table: self, id })
     }
 
+    /// Drops delivered output, the longest-finished execs' first and running ones' last,
+    /// until the sandbox is back under three quarters of its budget (so this does not run
+    /// again on the next chunk), and gives the memory back to the system.
+    pub fn evict(&self) {
+        let execs = lock(&self.execs);
+        let mut order: Vec<_> = execs
+            .values()
+            .map(|e| {
+                let finished_at = lock(&e.state).finished_at;
+                (finished_at.is_none(), finished_at, e)
+            })
+            .collect();
+        order.sort_by_key(|&(running, finished_at, _)| (running, finished_at));
+        let target = self.budget.limit() / 4 * 3;
+        let mut freed = 0;
+        for (_, _, exec) in order {
+            if self.budget.held() <= target {
+                break;
+            }
+            let mut st = lock(&exec.state);
+            freed += st.stdout.drop_delivered() + st.stderr.drop_delivered();
+        }
+        drop(execs);
+        if freed > 0 {
+            log::info!("output over budget: dropped {freed} bytes of delivered output");
+            release_memory();
+        }
+    }
+
     /// The first free `e<N>` at or after `next`.
     pub fn reserve_generated(&self, next: impl Fn() -> u64) -> Result<Reservation<'_>, Status> {
         loop {
@@ -84,10 +116,21 @@ impl Reservation<'_> {
     /// Puts the started exec in the table under the reserved id.
     pub fn register(self, exec: Arc<Exec>) {
         let mut execs = lock(&self.table.execs);
-        super::exec::forget_old(&mut execs);
+        let forgot = super::exec::forget_old(&mut execs);
         execs.insert(self.id.clone(), exec);
+        drop(execs);
+        if forgot {
+            release_memory();
+        }
         // `self` drops here: the reservation ends with the exec in place.
     }
+}
+
+/// Hands freed heap back to the system: after output of many execs was dropped, glibc
+/// would otherwise keep it, and the VMM's RSS would stay at its peak.
+fn release_memory() {
+    // SAFETY: malloc_trim only walks and trims glibc's own heap.
+    unsafe { libc::malloc_trim(0) };
 }
 
 impl Drop for Reservation<'_> {
@@ -147,7 +190,13 @@ mod tests {
         let table = ExecTable::default();
         let (input, _keep) = tokio::sync::mpsc::channel(1);
         for i in 0..MAX_RUNNING_EXECS - 1 {
-            let exec = Arc::new(Exec::new(format!("r{i}"), vec![], 1, input.clone()));
+            let exec = Arc::new(Exec::new(
+                format!("r{i}"),
+                vec![],
+                1,
+                input.clone(),
+                &table.budget,
+            ));
             table.reserve(format!("r{i}")).unwrap().register(exec);
         }
         let last = table.reserve("last".into()).unwrap();

@@ -82,9 +82,10 @@ impl SandboxService {
                 ))
             }
         };
-        let exec = Arc::new(Exec::new(reservation.id().to_string(), argv, pid, input_tx));
+        let id = reservation.id().to_string();
+        let exec = Arc::new(Exec::new(id, argv, pid, input_tx, &table.budget));
         reservation.register(exec.clone());
-        tokio::spawn(pump(exec.clone(), outputs));
+        tokio::spawn(pump(exec.clone(), outputs, table.clone()));
         Ok(exec)
     }
 
