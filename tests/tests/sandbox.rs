@@ -682,6 +682,79 @@ async fn a_killed_agent_is_reported_and_the_api_stays_up() {
     assert_eq!(code, Some(0));
 }
 
+/// Waits (at most 20 s) until Status reports `want`.
+async fn wait_for_state(c: &Client, want: agent::api::status_response::State) {
+    use agent::api::status_response::State;
+    for _ in 0..200 {
+        if State::try_from(c.status().await.unwrap().state) == Ok(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Status never said {want:?}");
+}
+
+fn is_unavailable(e: &vmm::client::ClientError) -> bool {
+    matches!(e, vmm::client::ClientError::Status(s) if s.code() == tonic::Code::Unavailable)
+}
+
+/// A silent agent (SIGSTOP, as a wedged guest would be) fails calls with UNAVAILABLE
+/// within the documented bound instead of hanging them: a running exec's stream, a new
+/// exec, a file read. Once it answers again, everything works, and the process started
+/// before it stalled can be re-attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_fails_calls_fast_and_recovers() {
+    use agent::api::status_response::State;
+    let sb = tokio::task::spawn_blocking(|| Sandbox::start(Backend::Jail))
+        .await
+        .unwrap();
+    let c = sb.client().await;
+    let mut session = c
+        .exec(argv(&["sh", "-c", "read x; echo got $x"]), None)
+        .await
+        .unwrap();
+    let pid = sb.jail().and_then(|j| j.agent_pid()).expect("agent pid") as i32;
+    // SAFETY: kill has no memory-safety preconditions; pid is the jail's agent.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let bound = Duration::from_secs(10);
+    let in_flight = tokio::time::timeout(bound, async {
+        loop {
+            match session.events.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    });
+    let status = in_flight
+        .await
+        .expect("the running exec's stream hung")
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    let new = tokio::time::timeout(bound, c.run(&["true"], b"")).await;
+    let err = new.expect("a new exec hung").unwrap_err();
+    assert!(is_unavailable(&err), "{err}");
+    let read = tokio::time::timeout(bound, c.read_file("/etc/hostname", tokio::io::sink())).await;
+    let err = read
+        .expect("a file read hung")
+        .err()
+        .expect("no agent, no file");
+    assert!(is_unavailable(&err), "{err}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    wait_for_state(&c, State::Ready).await;
+    assert_eq!(text(&sh(&c, "echo back").await.stdout), "back\n");
+    let again = c.attach(&session.exec_id, 0, 0).await.unwrap();
+    again
+        .input
+        .send(request(exec_request::Request::Stdin(
+            bytes::Bytes::from_static(b"x\n"),
+        )))
+        .await
+        .unwrap();
+    let out = collect(again).await.unwrap();
+    assert_eq!(text(&out.stdout), "got x\n");
+}
+
 /// The CLI (`vmm exec`, `vmm cp`, `vmm status`) against a jail sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_exec_cp_and_status() {

@@ -187,7 +187,12 @@ pub type EventStream = ReceiverStream<Result<ExecEvent, Status>>;
 /// Attaches one client: returns its event stream, which starts with `started` (already
 /// queued, so it leaves with the response headers), then output from the given offsets,
 /// then the exit.
-pub fn attach(exec: Arc<Exec>, stdout_at: u64, stderr_at: u64) -> EventStream {
+pub fn attach(
+    exec: Arc<Exec>,
+    stdout_at: u64,
+    stderr_at: u64,
+    supervisor: Arc<super::Supervisor>,
+) -> EventStream {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let started = exec_event::Event::Started(ExecStarted {
         exec_id: exec.id.clone(),
@@ -197,7 +202,18 @@ pub fn attach(exec: Arc<Exec>, stdout_at: u64, stderr_at: u64) -> EventStream {
     let _ = tx.try_send(Ok(ExecEvent {
         event: Some(started),
     }));
-    tokio::spawn(stream_output(exec, stdout_at, stderr_at, tx));
+    let running = exec.is_running();
+    tokio::spawn(async move {
+        // A lost agent ends a running exec's client stream (UNAVAILABLE); the process stays
+        // in the table, and its output, if it comes, can be re-attached to. A finished
+        // exec's output is all here and needs no agent.
+        tokio::select! {
+            () = stream_output(exec, stdout_at, stderr_at, tx.clone()) => {}
+            status = supervisor.agent_lost(), if running => {
+                let _ = tx.send(Err(status)).await;
+            }
+        }
+    });
     ReceiverStream::new(rx)
 }
 

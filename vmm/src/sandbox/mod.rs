@@ -58,6 +58,8 @@ pub struct Supervisor {
     options: Options,
     agent: AgentClient<Channel>,
     health: Mutex<Health>,
+    /// True while the agent is lost: calls that wait for it end with UNAVAILABLE.
+    agent_lost: tokio::sync::watch::Sender<bool>,
     execs: Arc<exec_id::ExecTable>,
     next_exec: AtomicU64,
     terminating: AtomicBool,
@@ -96,6 +98,29 @@ impl Supervisor {
         }
         h.state = state;
         h.detail = detail;
+        self.agent_lost.send_replace(state == State::AgentLost);
+    }
+
+    /// Resolves once the agent is lost (at once if it is): the error for calls that were
+    /// waiting on it.
+    async fn agent_lost(&self) -> tonic::Status {
+        let mut lost = self.agent_lost.subscribe();
+        let _ = lost.wait_for(|lost| *lost).await;
+        let detail = lock(&self.health).detail.clone();
+        tonic::Status::unavailable(format!(
+            "the agent is not answering ({detail}); retry once Status says READY"
+        ))
+    }
+
+    /// `call`, unless the agent is or becomes lost first.
+    async fn unless_agent_lost<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        tokio::select! {
+            result = call => result,
+            status = self.agent_lost() => Err(status),
+        }
     }
 
     fn exec(&self, id: &str) -> Option<Arc<Exec>> {
@@ -153,6 +178,7 @@ pub fn spawn(
             ready_after: None,
             detail: String::new(),
         }),
+        agent_lost: tokio::sync::watch::channel(false).0,
         execs: Arc::default(),
         next_exec: AtomicU64::new(1),
         terminating: AtomicBool::new(false),

@@ -36,6 +36,8 @@ impl SandboxService {
         Self { supervisor }
     }
 
+    /// The agent client for a new call: none while terminating; a lost agent is caught
+    /// by `unless_agent_lost` around the call.
     fn agent(&self) -> Result<pb::agent_client::AgentClient<tonic::transport::Channel>, Status> {
         if self.supervisor.terminating.load(Ordering::SeqCst) {
             return Err(Status::failed_precondition("the sandbox is terminating"));
@@ -68,11 +70,16 @@ impl SandboxService {
             .await
             .map_err(|_| Status::internal("exec input closed"))?;
         let mut agent = self.agent()?;
-        let mut outputs = agent
-            .exec(ReceiverStream::new(input_rx))
-            .await?
-            .into_inner();
-        let pid = match outputs.message().await? {
+        let started = async {
+            let mut outputs = agent
+                .exec(ReceiverStream::new(input_rx))
+                .await?
+                .into_inner();
+            let first = outputs.message().await?;
+            Ok((outputs, first))
+        };
+        let (outputs, first) = self.supervisor.unless_agent_lost(started).await?;
+        let pid = match first {
             Some(pb::ExecOutput {
                 output: Some(exec_output::Output::Started(s)),
             }) => s.pid,
@@ -226,7 +233,8 @@ impl Sandbox for SandboxService {
         };
         let (errors, input_errors) = mpsc::channel(1);
         tokio::spawn(forward_input(from_client, exec.clone(), errors));
-        let events = attach(exec, stdout_at, stderr_at).merge(ReceiverStream::new(input_errors));
+        let events = attach(exec, stdout_at, stderr_at, self.supervisor.clone())
+            .merge(ReceiverStream::new(input_errors));
         Ok(Response::new(Box::pin(events)))
     }
 
@@ -256,10 +264,13 @@ impl Sandbox for SandboxService {
                 }
             }
         });
-        tokio::select! {
-            result = agent.write_file(ReceiverStream::new(rx)) => result,
-            Ok(status) = broken_rx => Err(Status::cancelled(format!("upload interrupted: {}", status.message()))),
-        }
+        let upload = async {
+            tokio::select! {
+                result = agent.write_file(ReceiverStream::new(rx)) => result,
+                Ok(status) = broken_rx => Err(Status::cancelled(format!("upload interrupted: {}", status.message()))),
+            }
+        };
+        self.supervisor.unless_agent_lost(upload).await
     }
 
     type ReadFileStream = FileStream;
@@ -268,47 +279,75 @@ impl Sandbox for SandboxService {
         &self,
         request: Request<pb::ReadFileRequest>,
     ) -> Result<Response<FileStream>, Status> {
-        let stream = self
-            .agent()?
-            .read_file(request.into_inner())
+        let mut agent = self.agent()?;
+        let supervisor = &self.supervisor;
+        let mut from_agent = supervisor
+            .unless_agent_lost(agent.read_file(request.into_inner()))
             .await?
             .into_inner();
-        Ok(Response::new(Box::pin(stream.map(|r| r))))
+        // Relayed chunk by chunk, so a download stuck on a lost agent ends with UNAVAILABLE.
+        let (tx, rx) = mpsc::channel(4);
+        let supervisor = supervisor.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = supervisor.unless_agent_lost(from_agent.message()).await;
+                let item = match next {
+                    Ok(Some(chunk)) => Ok(chunk),
+                    Ok(None) => return,
+                    Err(status) => Err(status),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn make_dir(
         &self,
         request: Request<pb::MakeDirRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        self.agent()?.make_dir(request.into_inner()).await
+        let mut agent = self.agent()?;
+        let call = agent.make_dir(request.into_inner());
+        self.supervisor.unless_agent_lost(call).await
     }
 
     async fn list(
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        self.agent()?.list(request.into_inner()).await
+        let mut agent = self.agent()?;
+        let call = agent.list(request.into_inner());
+        self.supervisor.unless_agent_lost(call).await
     }
 
     async fn stat(
         &self,
         request: Request<pb::StatRequest>,
     ) -> Result<Response<pb::FileInfo>, Status> {
-        self.agent()?.stat(request.into_inner()).await
+        let mut agent = self.agent()?;
+        let call = agent.stat(request.into_inner());
+        self.supervisor.unless_agent_lost(call).await
     }
 
     async fn remove(
         &self,
         request: Request<pb::RemoveRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        self.agent()?.remove(request.into_inner()).await
+        let mut agent = self.agent()?;
+        let call = agent.remove(request.into_inner());
+        self.supervisor.unless_agent_lost(call).await
     }
 
     async fn rename(
         &self,
         request: Request<pb::RenameRequest>,
     ) -> Result<Response<pb::Empty>, Status> {
-        self.agent()?.rename(request.into_inner()).await
+        let mut agent = self.agent()?;
+        let call = agent.rename(request.into_inner());
+        self.supervisor.unless_agent_lost(call).await
     }
 
     async fn terminate(
