@@ -736,8 +736,7 @@ async fn a_silent_agent_fails_calls_fast_and_recovers() {
     let read = tokio::time::timeout(bound, c.read_file("/etc/hostname", tokio::io::sink())).await;
     let err = read
         .expect("a file read hung")
-        .err()
-        .expect("no agent, no file");
+        .expect_err("no agent, no file");
     assert!(is_unavailable(&err), "{err}");
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
