@@ -51,6 +51,7 @@ async fn read(c: &mut Client, path: &str) -> Result<(agent::pb::FileInfo, Vec<u8
     let mut s = c
         .read_file(ReadFileRequest {
             path: path.to_owned(),
+            max_bytes: 0,
         })
         .await?
         .into_inner();
@@ -297,6 +298,7 @@ async fn mkdir_list_stat_remove_rename() {
     let e = c
         .read_file(ReadFileRequest {
             path: p(&agent, "a"),
+            max_bytes: 0,
         })
         .await
         .unwrap_err();
@@ -362,4 +364,110 @@ async fn mkdir_list_stat_remove_rename() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+}
+
+fn mknod(path: &str, mode: libc::mode_t, dev: libc::dev_t) {
+    let c = std::ffi::CString::new(path).unwrap();
+    // SAFETY: mknod reads a NUL-terminated path.
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), mode, dev) },
+        0,
+        "mknod {path}"
+    );
+}
+
+fn file_type(path: &str) -> std::fs::FileType {
+    std::fs::symlink_metadata(path).unwrap().file_type()
+}
+
+/// The file API moves regular files only. A FIFO (no writer: an open would wait forever),
+/// a device node (one of our own here, like /dev/null), a socket, a symlink: reads and
+/// writes are refused at once, and nothing is replaced. Reads follow symlinks; pseudo
+/// files (/proc) read; kernel pseudo filesystems are not written; `max_bytes` bounds a
+/// read; 600 refused FIFO reads at once leave the agent answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn special_files_are_refused_and_left_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    let agent = TestAgent::start();
+    let mut c = agent.client().await;
+    let (fifo, null, sock, link) = (
+        p(&agent, "fifo"),
+        p(&agent, "null"),
+        p(&agent, "sock"),
+        p(&agent, "link"),
+    );
+    mknod(&fifo, libc::S_IFIFO | 0o600, 0);
+    mknod(&null, libc::S_IFCHR | 0o666, libc::makedev(1, 3));
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::write(p(&agent, "target"), b"kept").unwrap();
+    std::os::unix::fs::symlink(p(&agent, "target"), &link).unwrap();
+
+    let quick = Duration::from_secs(10);
+    for (path, kind) in [
+        (&fifo, "a FIFO"),
+        (&null, "a character device"),
+        (&sock, "a socket"),
+        (&"/dev/zero".to_string(), "a character device"),
+    ] {
+        let e = tokio::time::timeout(quick, read(&mut c, path))
+            .await
+            .unwrap_or_else(|_| panic!("reading {path} hung"))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{path}: {e}");
+        assert!(e.message().contains(kind), "{path}: {}", e.message());
+    }
+    for path in [&fifo, &null, &sock, &link] {
+        let e = tokio::time::timeout(quick, write(&mut c, path, 0, false, b"replaced"))
+            .await
+            .unwrap_or_else(|_| panic!("writing {path} hung"))
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{path}: {e}");
+    }
+    assert!(file_type(&fifo).is_fifo());
+    assert!(file_type(&null).is_char_device());
+    assert!(file_type(&sock).is_socket());
+    assert!(file_type(&link).is_symlink());
+    assert_eq!(std::fs::read(p(&agent, "target")).unwrap(), b"kept");
+
+    let (_, content, _) = read(&mut c, &link).await.unwrap();
+    assert_eq!(content, b"kept", "reads follow symlinks");
+    let (_, status, _) = read(&mut c, "/proc/self/status").await.unwrap();
+    assert!(String::from_utf8_lossy(&status).contains("Name:"));
+    let e = write(&mut c, "/proc/sys/kernel/hostname", 0, false, b"x")
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("procfs"), "{}", e.message());
+
+    write(&mut c, &p(&agent, "big"), 0, false, &vec![7u8; 1 << 20])
+        .await
+        .unwrap();
+    let mut s = c
+        .read_file(ReadFileRequest {
+            path: p(&agent, "big"),
+            max_bytes: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = 0;
+    while let Some(m) = s.message().await.unwrap() {
+        if let Some(ReadPart::Data(d)) = m.part {
+            got += d.len();
+        }
+    }
+    assert_eq!(got, 1000);
+
+    let mut many = Vec::new();
+    for _ in 0..600 {
+        let mut c = c.clone();
+        let fifo = fifo.clone();
+        many.push(tokio::spawn(
+            async move { read(&mut c, &fifo).await.is_err() },
+        ));
+    }
+    for task in many {
+        assert!(tokio::time::timeout(quick, task).await.unwrap().unwrap());
+    }
+    let (_, content, _) = read(&mut c, &p(&agent, "target")).await.unwrap();
+    assert_eq!(content, b"kept");
 }

@@ -233,6 +233,7 @@ impl Client {
             .clone()
             .read_file(pb::ReadFileRequest {
                 path: path.to_string(),
+                max_bytes: 0,
             })
             .await?
             .into_inner();

@@ -160,14 +160,85 @@ pub fn rename(from: &str, to: &str) -> Result<(), Status> {
     fs::rename(&f, &t).map_err(|e| path_status("rename", &format!("{from}' to '{to}"), &e))
 }
 
+/// What a non-regular file is, for errors.
+fn kind_name(t: fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// The file API moves regular files only: a FIFO or a device could block a read or a
+/// write forever, or never end (/dev/zero), and replacing one by rename would swap out a
+/// device node. Exec (`cat`, `dd`) is the way to use those.
+fn not_regular(op: &str, path: &str, t: fs::FileType) -> Status {
+    Status::failed_precondition(format!(
+        "cannot {op} '{path}': it is {}; the file API handles regular files only (use exec)",
+        kind_name(t)
+    ))
+}
+
+/// Filesystems whose files are kernel interfaces rather than data: WriteFile's write to a
+/// temporary file and rename cannot work there, and a partial write may already act.
+const PSEUDO_FILESYSTEMS: [(i64, &str); 8] = [
+    (0x9fa0, "procfs"),
+    (0x6265_6572, "sysfs"),
+    (0x6367_7270, "cgroup2"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6462_6720, "debugfs"),
+    (0x7472_6163, "tracefs"),
+    (0x7363_6673, "securityfs"),
+    (0x1cd1, "devpts"),
+];
+
+/// The pseudo filesystem `dir` is on, if it is on one.
+fn pseudo_filesystem(dir: &Path) -> Option<&'static str> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs writes into the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let magic = st.f_type as i64;
+    PSEUDO_FILESYSTEMS
+        .iter()
+        .find(|(m, _)| *m == magic)
+        .map(|&(_, name)| name)
+}
+
 /// Opens a file for ReadFile: its info (fstat, symlinks followed) and the open file.
+/// O_NONBLOCK keeps the open itself from waiting (a FIFO without a writer); a regular
+/// file ignores it, except pseudo files (/proc/kmsg), which then end instead of waiting.
 pub fn open_for_read(path: &str) -> Result<(File, FileInfo), Status> {
     let p = check_path(path)?;
     let err = |e: io::Error| path_status("read", path, &e);
-    let file = File::open(&p).map_err(err)?;
+    // Checked before opening too: opening a socket fails, a device may act on open.
+    let meta = fs::metadata(&p).map_err(err)?;
+    if !meta.is_file() {
+        return Err(not_regular("read", path, meta.file_type()));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&p)
+        .map_err(err)?;
     let meta = file.metadata().map_err(err)?;
-    if meta.is_dir() {
-        return Err(err(io::Error::from_raw_os_error(libc::EISDIR)));
+    if !meta.is_file() {
+        return Err(not_regular("read", path, meta.file_type()));
     }
     Ok((file, file_info(&p, &meta)))
 }
@@ -193,8 +264,17 @@ impl TempFile {
                 "path '{path}' names no file"
             )));
         };
-        if fs::metadata(&target).is_ok_and(|m| m.is_dir()) {
-            return Err(err(io::Error::from_raw_os_error(libc::EISDIR)));
+        // The target is replaced by rename: only ever a regular file (a symlink would be
+        // replaced by a file, a device node by a file of that name).
+        if let Ok(meta) = fs::symlink_metadata(&target) {
+            if !meta.is_file() {
+                return Err(not_regular("write", path, meta.file_type()));
+            }
+        }
+        if let Some(fs_name) = pseudo_filesystem(dir) {
+            return Err(Status::failed_precondition(format!(
+                "cannot write '{path}': it is on {fs_name}, a kernel interface (use exec)"
+            )));
         }
         if make_parents {
             DirBuilder::new()

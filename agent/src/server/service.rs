@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use agent::pb::agent_server::Agent;
 use agent::pb::exec_input::Input;
@@ -46,13 +46,40 @@ impl AgentService {
     }
 }
 
-/// Runs blocking file-system work off the reactor.
+/// How long one blocking file operation (an open, a read, a rename) may take before the
+/// call fails: a hung filesystem (a FUSE daemon that never answers) must not hang it.
+const FILE_OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Blocking file operations at once. An operation stuck in the kernel keeps its thread
+/// (and its permit) until the kernel lets go; the rest of the agent never waits for them.
+const MAX_FILE_OPS: usize = 64;
+static FILE_OPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_FILE_OPS);
+
+fn too_slow() -> Status {
+    Status::deadline_exceeded(format!(
+        "the file operation did not finish within {FILE_OP_TIMEOUT:?} (a hung filesystem, \
+         or {MAX_FILE_OPS} such operations already waiting)"
+    ))
+}
+
+/// Runs blocking file-system work off the reactor, within `FILE_OP_TIMEOUT`.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
+    let work = async {
+        let permit = FILE_OPS
+            .acquire()
+            .await
+            .map_err(|_| Status::internal("file operations are closed"))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f()
+        })
         .await
         .map_err(|e| Status::internal(format!("file operation failed: {e}")))?
+    };
+    tokio::time::timeout(FILE_OP_TIMEOUT, work)
+        .await
+        .map_err(|_| too_slow())?
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -154,10 +181,12 @@ impl Agent for AgentService {
         &self,
         request: Request<ReadFileRequest>,
     ) -> Result<Response<Self::ReadFileStream>, Status> {
-        let path = request.into_inner().path;
+        let request = request.into_inner();
+        let (path, max_bytes) = (request.path, request.max_bytes);
         let p = path.clone();
         let (file, info) = blocking(move || files::open_for_read(&p)).await?;
         let (tx, rx) = mpsc::channel(4);
+        // The client going away ends this task at its next send: nothing keeps reading.
         tokio::spawn(async move {
             let first = ReadFileResponse {
                 part: Some(ReadPart::Info(info)),
@@ -166,17 +195,24 @@ impl Agent for AgentService {
                 return;
             }
             let mut file = tokio::fs::File::from_std(file);
-            loop {
-                let mut buf = vec![0u8; READ_CHUNK];
-                let msg = match file.read(&mut buf).await {
-                    Ok(0) => return,
-                    Ok(n) => {
+            let mut left = if max_bytes == 0 { u64::MAX } else { max_bytes };
+            while left > 0 {
+                let mut buf =
+                    vec![0u8; READ_CHUNK.min(usize::try_from(left).unwrap_or(READ_CHUNK))];
+                let read = tokio::time::timeout(FILE_OP_TIMEOUT, file.read(&mut buf)).await;
+                let msg = match read {
+                    Ok(Ok(0)) => return,
+                    // A pseudo file with nothing more to give now (O_NONBLOCK): its end.
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                    Ok(Ok(n)) => {
                         buf.truncate(n);
+                        left -= n as u64;
                         Ok(ReadFileResponse {
                             part: Some(ReadPart::Data(buf.into())),
                         })
                     }
-                    Err(e) => Err(path_status("read", &path, &e)),
+                    Ok(Err(e)) => Err(path_status("read", &path, &e)),
+                    Err(_) => Err(too_slow()),
                 };
                 let failed = msg.is_err();
                 if tx.send(msg).await.is_err() || failed {
