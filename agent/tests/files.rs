@@ -369,11 +369,8 @@ async fn mkdir_list_stat_remove_rename() {
 fn mknod(path: &str, mode: libc::mode_t, dev: libc::dev_t) {
     let c = std::ffi::CString::new(path).unwrap();
     // SAFETY: mknod reads a NUL-terminated path.
-    assert_eq!(
-        unsafe { libc::mknod(c.as_ptr(), mode, dev) },
-        0,
-        "mknod {path}"
-    );
+    let rc = unsafe { libc::mknod(c.as_ptr(), mode, dev) };
+    assert_eq!(rc, 0, "mknod {path}");
 }
 
 fn file_type(path: &str) -> std::fs::FileType {
