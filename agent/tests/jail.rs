@@ -50,12 +50,13 @@ async fn jail_runs_the_agent_as_init_and_loop_mounts() {
     }
     eprintln!("jail: {out}");
 
-    // PID 1 duties happened inside the namespace.
+    // PID 1 duties happened inside the namespace. (/dev and /sys are the jail's own,
+    // mounted before the agent starts; in a VM the agent mounts devtmpfs and sysfs.)
     let mounts = run_ok(&mut c, "cat /proc/self/mounts").await;
     for m in [
         " /proc proc ",
-        " /sys sysfs ",
-        " /dev devtmpfs ",
+        " /sys sysfs ro,",
+        " /dev tmpfs ",
         " /dev/pts devpts ",
         " /dev/shm tmpfs ",
         " /run tmpfs ",
@@ -161,4 +162,47 @@ async fn jail_runs_the_agent_as_init_and_loop_mounts() {
         jail.log()
     );
     drop(jail);
+}
+
+/// The jail shares nothing of the host that a sandbox could damage: its /dev is a private
+/// tmpfs (the host's devtmpfs, whose /dev/null a file write once replaced, is not
+/// there), /sys is read-only, the network namespace has only `lo`, and its processes
+/// are counted against their own pids.max.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jail_has_its_own_dev_net_and_pids_and_a_read_only_sys() {
+    let jail =
+        tokio::task::spawn_blocking(|| Jail::start(&Jail::rootfs_image(), &Jail::agent_bin()))
+            .await
+            .unwrap();
+    let mut c = connect(jail.socket_path()).await;
+    let out = run_ok(
+        &mut c,
+        "stat -f -c %T /dev; ls /sys/class/net; \
+         touch /sys/kernel/vmm-test 2>&1 || true; \
+         echo x >/dev/null && stat -c %F /dev/null",
+    )
+    .await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "tmpfs", "{out}");
+    assert_eq!(lines[1], "lo", "{out}");
+    assert!(lines[2].contains("Read-only file system"), "{out}");
+    assert_eq!(lines[3], "character special file", "{out}");
+    let pid = jail.agent_pid().expect("agent pid");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = cgroups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            (controllers == "pids" || controllers.is_empty()).then(|| path.to_string())
+        })
+        .filter(|p| p.contains("vmm-jail-"))
+        .unwrap_or_else(|| panic!("the agent is not in a jail cgroup:\n{cgroups}"));
+    let base = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "/sys/fs/cgroup"
+    } else {
+        "/sys/fs/cgroup/pids"
+    };
+    let max = std::fs::read_to_string(format!("{base}{path}/pids.max")).unwrap();
+    assert_eq!(max.trim(), jail::JAIL_PIDS_MAX.to_string());
 }

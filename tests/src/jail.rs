@@ -4,16 +4,19 @@
 //! `Jail::start` (as root) copies the image sparsely into a temporary directory and runs
 //!
 //! ```text
-//! unshare --pid --fork --kill-child=SIGKILL --mount --uts --ipc --cgroup \
+//! unshare --net --pid --fork --kill-child=SIGKILL --mount --uts --ipc --cgroup \
 //!     --propagation private sh -c '
 //!         mount -o loop IMAGE MNT; rm IMAGE; mount --bind DIR/vmm MNT/vmm
 //!         mount --bind -o ro AGENT MNT/vmm/vmm-agent
 //!         exec chroot MNT /vmm/vmm-agent --init --unix /vmm/agent.sock --hostname sandbox'
 //! ```
 //!
-//! where AGENT is the static agent just built. The agent then does its PID 1 duties inside
-//! (proc, sysfs, devtmpfs, devpts, /dev/shm, /run, cgroup2, hostname) and listens on
-//! /vmm/agent.sock, which the host sees as DIR/vmm/agent.sock.
+//! where AGENT is the static agent just built, started from inside its own pids cgroup
+//! (`pids.max` = JAIL_PIDS_MAX). Before the agent starts, the jail gets a private /dev
+//! (a tmpfs with null, zero, full, random, urandom, tty and the loop nodes, never the
+//! host's devtmpfs) and a read-only /sys; its network namespace has only `lo`. The agent
+//! then does the rest of its PID 1 duties inside (proc, devpts, /dev/shm, /run, cgroup2,
+//! hostname) and listens on /vmm/agent.sock, which the host sees as DIR/vmm/agent.sock.
 //!
 //! Every mount lives in the jail's own mount namespace, and the image copy is unlinked
 //! once mounted: when the jail's processes are gone, the kernel unmounts the image,
@@ -58,6 +61,43 @@ pub struct Jail {
     log: PathBuf,
     /// The `unshare` process; its child is the agent (PID 1 inside).
     unshare: Option<Child>,
+    /// The jail's pids cgroup, removed once the jail is gone.
+    cgroup: Option<PathBuf>,
+}
+
+/// At most this many processes in a jail: a fork bomb there stays there.
+pub const JAIL_PIDS_MAX: u32 = 4096;
+
+/// Creates the jail's own pids cgroup (cgroup v2, or v1's pids hierarchy) with
+/// `pids.max`, named after its directory; returns its path. Empty cgroups of earlier,
+/// SIGKILLed test runs are removed first.
+fn jail_cgroup(dir: &tempfile::TempDir) -> PathBuf {
+    let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        // v2: the pids controller must be on for the root's children.
+        let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/pids")
+    };
+    assert!(
+        base.join("cgroup.procs").exists(),
+        "the test jail needs the pids cgroup controller (none at {})",
+        base.display()
+    );
+    if let Ok(entries) = fs::read_dir(&base) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("vmm-jail-") {
+                let _ = fs::remove_dir(e.path());
+            }
+        }
+    }
+    let name = dir.path().file_name().expect("a temp dir has a name");
+    let cgroup = base.join(name);
+    fs::create_dir(&cgroup)
+        .unwrap_or_else(|e| panic!("cannot create the cgroup {}: {e}", cgroup.display()));
+    fs::write(cgroup.join("pids.max"), JAIL_PIDS_MAX.to_string())
+        .unwrap_or_else(|e| panic!("cannot set pids.max in {}: {e}", cgroup.display()));
+    cgroup
 }
 
 /// Mounts the image in the jail's mount namespace and starts the agent as its init.
@@ -66,6 +106,18 @@ pub struct Jail {
 const JAIL_INIT: &str = r#"set -e
 mount -o loop "$1" "$2"
 rm "$1"
+# A private /dev with the nodes a rootfs needs: the host's devtmpfs is never shared
+# (a file written there would replace a host node). Loop nodes for the loop-mount example.
+mount -t tmpfs -o mode=755,nosuid,size=1m jail-dev "$2/dev"
+for n in "null c 1 3" "zero c 1 5" "full c 1 7" "random c 1 8" "urandom c 1 9" "tty c 5 0"; do
+    mknod -m 666 "$2/dev/${n%% *}" ${n#* }
+done
+mknod -m 600 "$2/dev/loop-control" c 10 237
+i=0
+while [ $i -lt 64 ]; do mknod -m 660 "$2/dev/loop$i" b 7 $i; i=$((i + 1)); done
+mkdir "$2/dev/pts" "$2/dev/shm"
+# The kernel's objects read-only.
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$2/sys"
 mkdir -p "$2/vmm"
 mount --bind "$3" "$2/vmm"
 touch "$2/vmm/vmm-agent"
@@ -143,13 +195,21 @@ impl Jail {
             dir,
             log,
             unshare: None,
+            cgroup: None,
         };
 
         let log = fs::File::create(&jail.log).expect("create the agent log");
         let log2 = log.try_clone().expect("dup the agent log");
         let level = std::env::var("VMM_JAIL_LOG").unwrap_or_else(|_| "info".to_owned());
-        let mut cmd = Command::new("unshare");
+        let cgroup = jail_cgroup(&jail.dir);
+        jail.cgroup = Some(cgroup.clone());
+        // Into its own pids cgroup first (before the cgroup namespace makes it the root).
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo $$ >\"$0/cgroup.procs\" && exec \"$@\""])
+            .arg(&cgroup)
+            .arg("unshare");
         cmd.args([
+            "--net",
             "--pid",
             "--fork",
             "--kill-child=SIGKILL",
@@ -265,6 +325,15 @@ impl Drop for Jail {
     fn drop(&mut self) {
         // The mounts go with the jail's mount namespace; the directory goes with `dir`.
         self.kill();
+        if let Some(cgroup) = self.cgroup.take() {
+            // Its last processes may take a moment to leave it.
+            for _ in 0..100 {
+                if fs::remove_dir(&cgroup).is_ok() || !cgroup.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 }
 
