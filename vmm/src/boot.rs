@@ -112,7 +112,8 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec) -> Result<Entry, BootError> 
     mem.write_slice(&cmdline, GuestAddress(CMDLINE_ADDR))
         .map_err(|e| BootError::Memory("the command line", e))?;
     mptable::write(mem, spec.cpus)?;
-    let rsdp = acpi::write_tables(mem).map_err(|e| BootError::Memory("the ACPI tables", e))?;
+    let rsdp =
+        acpi::write_tables(mem, spec.cpus).map_err(|e| BootError::Memory("the ACPI tables", e))?;
 
     let entry = match (is_bzimage, loaded.pvh_boot_cap) {
         (false, PvhBootCapability::PvhEntryPresent(pvh)) => {

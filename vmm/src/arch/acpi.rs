@@ -2,14 +2,17 @@
 //! cannot fake: power-off through the PM1a control block (`\_S5`), and panics through the
 //! pvpanic device. A FADT in the legacy (not hardware-reduced) model, a FACS, and a DSDT.
 //!
-//! There is no MADT on purpose. Without one, Linux keeps taking CPUs and interrupt routing
-//! from the MP table, so the virtio-mmio devices on the command line keep their IRQ
-//! numbers. Hardware-reduced ACPI would replace the legacy PIC with a null one, and the
-//! IOAPIC's ISA pins would then get dynamically numbered IRQs.
+//! The MADT lists the CPUs' local APICs and nothing else. Linux needs it (without one it
+//! ignores the MP table and boots one CPU), and with no IOAPIC in it Linux keeps taking
+//! the IOAPIC and the interrupt routing from the MP table, so the virtio-mmio devices on
+//! the command line keep their IRQ numbers: an ACPI IOAPIC would number GSIs above 15
+//! dynamically. Hardware-reduced ACPI is avoided for the same reason (it replaces the
+//! legacy PIC with a null one, and then ISA pins get dynamic IRQs too).
 
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{EnabledStatus, LocalInterruptController, ProcessorLocalApic, MADT};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -18,7 +21,9 @@ use devices::legacy::acpi_pm::{PM1_CNT_LEN, PM1_CNT_OFFSET, PM1_EVT_LEN, S5_SLEE
 use devices::legacy::pvpanic::PVPANIC_PORT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
-use super::layout::{ACPI_PM_PORT, ACPI_SCI_IRQ, ACPI_TABLES_END, ACPI_TABLES_START};
+use super::layout::{
+    ACPI_PM_PORT, ACPI_SCI_IRQ, ACPI_TABLES_END, ACPI_TABLES_START, LAPIC_ADDR, MAX_VCPUS,
+};
 
 /// Where Linux also looks on its own (0xE0000-0xFFFFF, 16-byte aligned); we pass the
 /// address in the boot parameters too.
@@ -28,6 +33,8 @@ const FADT_ADDR: u64 = XSDT_ADDR + 0x40;
 /// The FACS must be 64-byte aligned.
 const FACS_ADDR: u64 = FADT_ADDR + 0x140;
 const DSDT_ADDR: u64 = FACS_ADDR + 0x40;
+/// After the DSDT (under 0x100 bytes): 44 + 8 per CPU.
+const MADT_ADDR: u64 = DSDT_ADDR + 0x100;
 
 const OEM_ID: [u8; 6] = *b"VMMSBX";
 const OEM_TABLE_ID: [u8; 8] = *b"VMMSBOX ";
@@ -117,29 +124,47 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
     bytes
 }
 
+/// One enabled local APIC per vCPU, IDs as in the MP table.
+fn madt(cpus: u8) -> Vec<u8> {
+    let mut madt = MADT::new(
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_ADDR),
+    );
+    for cpu in 0..cpus {
+        madt.add_structure(ProcessorLocalApic::new(cpu, cpu, EnabledStatus::Enabled));
+    }
+    to_bytes(&madt)
+}
+
 /// The tables and where each goes, RSDP first.
-fn tables() -> Vec<(u64, Vec<u8>)> {
+fn tables(cpus: u8) -> Vec<(u64, Vec<u8>)> {
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(FADT_ADDR);
+    xsdt.add_entry(MADT_ADDR);
     vec![
         (RSDP_ADDR, to_bytes(&Rsdp::new(OEM_ID, XSDT_ADDR))),
         (XSDT_ADDR, to_bytes(&xsdt)),
         (FADT_ADDR, fadt()),
         (FACS_ADDR, to_bytes(&FACS::new())),
         (DSDT_ADDR, dsdt()),
+        (MADT_ADDR, madt(cpus)),
     ]
 }
 
-/// Writes the tables to guest memory; returns the RSDP's address.
-pub fn write_tables(mem: &GuestMemoryMmap) -> Result<u64, GuestMemoryError> {
-    for (addr, bytes) in tables() {
+/// Writes the tables for `cpus` vCPUs to guest memory; returns the RSDP's address.
+pub fn write_tables(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, GuestMemoryError> {
+    for (addr, bytes) in tables(cpus) {
         mem.write_slice(&bytes, GuestAddress(addr))?;
     }
     Ok(RSDP_ADDR)
 }
 
 // The fixed table slots hold their tables (checked by the tests, which build them).
-const _: () = assert!(DSDT_ADDR < ACPI_TABLES_END && FACS_ADDR.is_multiple_of(64));
+const _: () = assert!(
+    MADT_ADDR + 44 + 8 * MAX_VCPUS as u64 <= ACPI_TABLES_END && FACS_ADDR.is_multiple_of(64)
+);
 
 #[cfg(test)]
 mod tests {
@@ -159,13 +184,13 @@ mod tests {
 
     #[test]
     fn tables_fit_their_slots_and_their_checksums_hold() {
-        let all = tables();
+        let all = tables(MAX_VCPUS);
         for pair in all.windows(2) {
             let ((addr, bytes), (next, _)) = (&pair[0], &pair[1]);
             assert!(addr + bytes.len() as u64 <= *next, "{addr:#x} overlaps");
         }
-        let (dsdt_addr, dsdt) = all.last().unwrap();
-        assert!(dsdt_addr + dsdt.len() as u64 <= ACPI_TABLES_END);
+        let (last_addr, last) = all.last().unwrap();
+        assert!(last_addr + last.len() as u64 <= ACPI_TABLES_END);
         let rsdp = &all[0].1;
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert_eq!(sum(&rsdp[..20]), 0);
@@ -180,8 +205,8 @@ mod tests {
     }
 
     #[test]
-    fn the_chain_leads_from_the_rsdp_to_the_power_registers_and_the_dsdt() {
-        let all = tables();
+    fn the_chain_leads_from_the_rsdp_to_the_power_registers_the_dsdt_and_the_cpus() {
+        let all = tables(2);
         let at = |addr: u64| &all.iter().find(|(a, _)| *a == addr).unwrap().1;
         let xsdt_addr = u64_at(&all[0].1, 24);
         let xsdt = at(xsdt_addr);
@@ -201,12 +226,19 @@ mod tests {
         let aml = &dsdt[36..];
         let has = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);
         assert!(has(b"_S5_") && has(b"QEMU0001") && has(b"PEVT"));
+        let madt = at(u64_at(xsdt, 44));
+        assert_eq!(&madt[..4], b"APIC");
+        assert_eq!(u32_at(madt, 36), LAPIC_ADDR);
+        // Two local APICs (type 0, length 8), IDs 0 and 1, enabled; no IOAPIC.
+        assert_eq!(madt.len(), 44 + 2 * 8);
+        assert_eq!(&madt[44..52], &[0, 8, 0, 0, 1, 0, 0, 0]);
+        assert_eq!(&madt[52..60], &[0, 8, 1, 1, 1, 0, 0, 0]);
     }
 
     #[test]
     fn tables_land_in_guest_memory() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-        assert_eq!(write_tables(&mem).unwrap(), RSDP_ADDR);
+        assert_eq!(write_tables(&mem, 1).unwrap(), RSDP_ADDR);
         let mut sig = [0u8; 8];
         mem.read_slice(&mut sig, GuestAddress(RSDP_ADDR)).unwrap();
         assert_eq!(&sig, b"RSD PTR ");

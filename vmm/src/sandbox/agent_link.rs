@@ -17,7 +17,12 @@ use super::Supervisor;
 
 const PROBE_INTERVAL_STARTING: Duration = Duration::from_millis(10);
 const PROBE_INTERVAL_READY: Duration = Duration::from_secs(1);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Consecutive unanswered probes before the agent counts as lost: a busy guest (a
+/// hundred execs starting at once, or an emulated CPU) may miss one; calls that need the
+/// agent fail once it is lost, so one slow answer must not do it. With the timeout above
+/// a silent agent is lost within about 18 s.
+const MISSES_BEFORE_LOST: u32 = 3;
 
 /// A client whose connection is made on first use and re-made after it breaks.
 pub fn client(address: Address) -> AgentClient<Channel> {
@@ -41,24 +46,30 @@ pub fn client(address: Address) -> AgentClient<Channel> {
 /// Probes the agent: quickly until it first answers, then once a second.
 pub async fn watch(supervisor: Arc<Supervisor>) {
     let mut announced = false;
+    let mut misses = 0;
     loop {
         let mut agent = supervisor.agent.clone();
         let probe = tokio::time::timeout(PROBE_TIMEOUT, agent.ping(agent::pb::PingRequest {}));
-        match probe.await {
+        let failure = match probe.await {
             Ok(Ok(_)) => {
+                misses = 0;
                 supervisor.set_health(State::Ready, String::new());
                 if !announced {
                     announced = true;
                     announce_ready(&supervisor);
                 }
+                None
             }
-            Ok(Err(status)) if announced => {
-                supervisor.set_health(State::AgentLost, format!("agent: {}", status.message()));
+            Ok(Err(status)) => Some(format!("agent: {}", status.message())),
+            Err(_) => Some(format!(
+                "agent stopped answering for {MISSES_BEFORE_LOST} probes"
+            )),
+        };
+        if let (Some(reason), true) = (failure, announced) {
+            misses += 1;
+            if misses >= MISSES_BEFORE_LOST {
+                supervisor.set_health(State::AgentLost, reason);
             }
-            Err(_) if announced => {
-                supervisor.set_health(State::AgentLost, "agent stopped answering".into());
-            }
-            _ => {}
         }
         let pause = if announced {
             PROBE_INTERVAL_READY
