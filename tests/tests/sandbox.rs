@@ -172,6 +172,15 @@ async fn exit_codes_and_signals(sb: Sandbox) {
             Some(pb::exited::Status::Signal(libc::SIGKILL))
         );
     }
+    // The stream ends after the exit, though the client still holds its input open.
+    let mut session = c.exec(argv(&["true"]), None).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while session.events.message().await.unwrap().is_some() {}
+    });
+    ended
+        .await
+        .expect("the exec stream did not end after the exit");
+    drop(session.input);
     // A missing program is a clear error.
     let err = match c.exec(argv(&["/no/such/program"]), None).await {
         Err(e) => e.to_string(),

@@ -131,6 +131,38 @@ fn summarize_argv(argv: &[String]) -> Vec<String> {
     out
 }
 
+/// The exec's events, ended early by an error about the client's input. The stream ends
+/// when the events do, whether or not the client still holds its input stream open.
+fn until_input_error(
+    mut events: super::exec::EventStream,
+    mut input_errors: mpsc::Receiver<Result<ExecEvent, Status>>,
+) -> ReceiverStream<Result<ExecEvent, Status>> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut input_open = true;
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(event) => {
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                error = input_errors.recv(), if input_open => match error {
+                    Some(error) => {
+                        let _ = tx.send(error).await;
+                        return;
+                    }
+                    None => input_open = false,
+                },
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
 /// Highest signal number Linux has (SIGRTMAX).
 const MAX_SIGNAL: i32 = 64;
 
@@ -233,9 +265,11 @@ impl Sandbox for SandboxService {
         };
         let (errors, input_errors) = mpsc::channel(1);
         tokio::spawn(forward_input(from_client, exec.clone(), errors));
-        let events = attach(exec, stdout_at, stderr_at, self.supervisor.clone())
-            .merge(ReceiverStream::new(input_errors));
-        Ok(Response::new(Box::pin(events)))
+        let events = attach(exec, stdout_at, stderr_at, self.supervisor.clone());
+        Ok(Response::new(Box::pin(until_input_error(
+            events,
+            input_errors,
+        ))))
     }
 
     async fn write_file(
