@@ -4,6 +4,27 @@
 pub mod connect;
 pub mod socket;
 
+/// What a file that is not a regular file is, for error messages ("is a FIFO") of the
+/// agent's file API and of `vmm run`'s checks alike.
+pub fn file_kind_name(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symlink"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
 /// Generated code; module paths mirror the protobuf packages so cross-package
 /// references resolve.
 mod generated {

@@ -70,7 +70,7 @@ pub const JAIL_PIDS_MAX: u32 = 4096;
 
 /// Creates the jail's own pids cgroup (cgroup v2, or v1's pids hierarchy) with
 /// `pids.max`, named after its directory; returns its path. Empty cgroups of earlier,
-/// SIGKILLed test runs are removed first.
+/// SIGKILLed test runs (whose jail directory is gone) are removed first.
 fn jail_cgroup(dir: &tempfile::TempDir) -> PathBuf {
     let base = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         // v2: the pids controller must be on for the root's children.
@@ -84,9 +84,13 @@ fn jail_cgroup(dir: &tempfile::TempDir) -> PathBuf {
         "the test jail needs the pids cgroup controller (none at {})",
         base.display()
     );
+    // Another jail's cgroup may be empty for a moment while it starts: only those whose
+    // jail directory is gone are stale.
+    let jails = dir.path().parent().expect("a temp dir has a parent");
     if let Ok(entries) = fs::read_dir(&base) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("vmm-jail-") {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("vmm-jail-") && !jails.join(&name).exists() {
                 let _ = fs::remove_dir(e.path());
             }
         }

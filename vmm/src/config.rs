@@ -444,7 +444,7 @@ fn check_file(what: &'static str, path: &Path, disk: bool) -> Result<u64, Config
         return Err(bad(
             what,
             path,
-            format!("is {}, not {expected}", describe(kind)),
+            format!("is {}, not {expected}", agent::file_kind_name(kind)),
         ));
     }
     let file = File::open(path).map_err(|e| bad(what, path, e.to_string()))?;
@@ -463,23 +463,6 @@ fn check_file(what: &'static str, path: &Path, disk: bool) -> Result<u64, Config
         ));
     }
     Ok(size)
-}
-
-fn describe(kind: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if kind.is_dir() {
-        "a directory"
-    } else if kind.is_fifo() {
-        "a FIFO"
-    } else if kind.is_char_device() {
-        "a character device"
-    } else if kind.is_block_device() {
-        "a block device"
-    } else if kind.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
 }
 
 /// ELF's e_machine for x86-64.

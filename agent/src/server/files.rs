@@ -160,33 +160,13 @@ pub fn rename(from: &str, to: &str) -> Result<(), Status> {
     fs::rename(&f, &t).map_err(|e| path_status("rename", &format!("{from}' to '{to}"), &e))
 }
 
-/// What a non-regular file is, for errors.
-fn kind_name(t: fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_symlink() {
-        "a symlink"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
-}
-
 /// The file API moves regular files only: a FIFO or a device could block a read or a
 /// write forever, or never end (/dev/zero), and replacing one by rename would swap out a
 /// device node. Exec (`cat`, `dd`) is the way to use those.
 fn not_regular(op: &str, path: &str, t: fs::FileType) -> Status {
     Status::failed_precondition(format!(
         "cannot {op} '{path}': it is {}; the file API handles regular files only (use exec)",
-        kind_name(t)
+        agent::file_kind_name(t)
     ))
 }
 
