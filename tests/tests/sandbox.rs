@@ -667,7 +667,7 @@ async fn a_killed_agent_is_reported_and_the_api_stays_up() {
     // SAFETY: kill has no memory-safety preconditions; pid is the jail's agent.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let mut state = State::Ready;
-    for _ in 0..300 {
+    for _ in 0..600 {
         state = State::try_from(c.status().await.unwrap().state).unwrap();
         if state == State::AgentLost {
             break;
@@ -725,8 +725,8 @@ async fn a_silent_agent_fails_calls_fast_and_recovers() {
     let pid = sb.jail().and_then(|j| j.agent_pid()).expect("agent pid") as i32;
     // SAFETY: kill has no memory-safety preconditions; pid is the jail's agent.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    // The documented bound is about 18 s.
-    let bound = Duration::from_secs(30);
+    // The documented bound is about 45 s.
+    let bound = Duration::from_secs(60);
     let in_flight = tokio::time::timeout(bound, async {
         loop {
             match session.events.message().await {

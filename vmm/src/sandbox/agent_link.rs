@@ -17,12 +17,12 @@ use super::Supervisor;
 
 const PROBE_INTERVAL_STARTING: Duration = Duration::from_millis(10);
 const PROBE_INTERVAL_READY: Duration = Duration::from_secs(1);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Consecutive unanswered probes before the agent counts as lost: a busy guest (a
-/// hundred execs starting at once, or an emulated CPU) may miss one; calls that need the
-/// agent fail once it is lost, so one slow answer must not do it. With the timeout above
-/// a silent agent is lost within about 18 s.
-const MISSES_BEFORE_LOST: u32 = 3;
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Consecutive unanswered probes before the agent counts as lost. Calls that need the
+/// agent fail once it is lost, so a busy guest must not get there: in the emulated KVM
+/// host, with a debug build, 64 MiB of stdin left the agent unanswered for over 15 s.
+/// With the timeout above a silent agent is lost within about 45 s.
+const MISSES_BEFORE_LOST: u32 = 4;
 
 /// A client whose connection is made on first use and re-made after it breaks.
 pub fn client(address: Address) -> AgentClient<Channel> {
@@ -48,7 +48,7 @@ pub async fn watch(supervisor: Arc<Supervisor>) {
     let mut announced = false;
     let mut misses = 0;
     loop {
-        let mut agent = supervisor.agent.clone();
+        let mut agent = supervisor.probe.clone();
         let probe = tokio::time::timeout(PROBE_TIMEOUT, agent.ping(agent::pb::PingRequest {}));
         let failure = match probe.await {
             Ok(Ok(_)) => {

@@ -57,6 +57,9 @@ struct Health {
 pub struct Supervisor {
     options: Options,
     agent: AgentClient<Channel>,
+    /// A connection of its own for the health probes, so that they never queue behind
+    /// the data of busy execs on `agent`'s connection.
+    probe: AgentClient<Channel>,
     health: Mutex<Health>,
     /// True while the agent is lost: calls that wait for it end with UNAVAILABLE.
     agent_lost: tokio::sync::watch::Sender<bool>,
@@ -164,15 +167,19 @@ pub fn spawn(
         .map_err(ServeError::Runtime)?;
     let listener = runtime.block_on(server::bind(&options.api_socket))?;
     // The lazy channel spawns its connection task on the runtime it is created in.
-    let agent = {
+    let (agent, probe) = {
         let _runtime = runtime.enter();
-        agent_link::client(options.agent.clone())
+        (
+            agent_link::client(options.agent.clone()),
+            agent_link::client(options.agent.clone()),
+        )
     };
     let (stop_serving, stop_rx) = tokio::sync::watch::channel(false);
     let (served_tx, served) = tokio::sync::watch::channel(false);
     let supervisor = Arc::new(Supervisor {
         options,
         agent,
+        probe,
         health: Mutex::new(Health {
             state: State::Starting,
             ready_after: None,
