@@ -1,5 +1,5 @@
 //! `make demo`: the mission's own example through the sandbox API. Start a sandbox with
-//! 2 vCPUs and 4096 MiB, write a loop-mount script into it through the files API, run it
+//! 2 vCPUs and the product's default memory (1024 MiB), write a loop-mount script into it through the files API, run it
 //! with bash, print its stdout, stderr and exit code, then `df -h /mnt/loop`, terminate.
 //! `demo vm` uses a Linux VM (make demo runs it inside the emulated KVM host where this
 //! host cannot boot Linux directly); `demo jail` the test jail (the real agent as PID 1
@@ -59,7 +59,8 @@ async fn main() -> ExitCode {
                 println!("stage: emulated KVM host up after {up:.1} s (its kernel's uptime)");
             }
             println!(
-                "== Linux VM sandbox: build/vmlinux + build/rootfs.ext4, 2 vCPUs, 4096 MiB =="
+                "== Linux VM sandbox: build/vmlinux + build/rootfs.ext4, 2 vCPUs, {} MiB ==",
+                vmm_tests::sandbox::VM_MEMORY_MIB
             );
         }
         Backend::Jail => {
