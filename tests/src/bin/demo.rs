@@ -1,6 +1,7 @@
 //! `make demo`: the mission's own example through the sandbox API. Start a sandbox with
-//! 2 vCPUs and the product's default memory (1024 MiB), write a loop-mount script into it through the files API, run it
-//! with bash, print its stdout, stderr and exit code, then `df -h /mnt/loop`, terminate.
+//! 2 vCPUs and the product's default memory (1024 MiB), write a loop-mount script into it
+//! through the files API, run it with bash, print its stdout, stderr and exit code, then
+//! `df -h /mnt/loop`, terminate.
 //! `demo vm` uses a Linux VM (make demo runs it inside the emulated KVM host where this
 //! host cannot boot Linux directly); `demo jail` the test jail (the real agent as PID 1
 //! of the real rootfs, in fresh namespaces). It prints how long each stage took.
