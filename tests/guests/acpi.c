@@ -101,6 +101,14 @@ void test_acpi(void)
 		return;
 	if (!table(rd64(fadt + 132), "FACS") || !table(rd64(fadt + 140), "DSDT"))
 		return;
+	/* The MADT: Linux boots one CPU without it, even with an MP table. */
+	const volatile u8 *madt = table(rd64(xsdt + 44), "APIC");
+	if (!madt)
+		return;
+	unsigned lapics = 0;
+	for (u32 at = 44; at + 2 <= rd32(madt + 4) && madt[at + 1]; at += madt[at + 1])
+		lapics += madt[at] == 0 && (rd32(madt + at + 4) & 1);
+	out("info acpi_lapics %u\n", lapics);
 	u32 flags = rd32(fadt + 112);
 	u16 pm1a_cnt = (u16)rd32(fadt + 64);
 	out("info acpi_hw_reduced %u\n", (flags >> 20) & 1);

@@ -33,6 +33,7 @@ fn triple_fault_exits_2_and_says_so() {
 #[test]
 fn acpi_power_off_exits_0() {
     let out = Vmm::guest(TINY_ELF, "acpi")
+        .flag("--cpus", "2")
         .append("acpi=poweroff")
         .timeout(Duration::from_secs(30))
         .run();
@@ -41,10 +42,15 @@ fn acpi_power_off_exits_0() {
     g.assert_no_fail();
     assert_eq!(
         g.info_all("acpi_table"),
-        vec!["XSDT", "FACP", "FACS", "DSDT"],
+        vec!["XSDT", "FACP", "FACS", "DSDT", "APIC"],
         "{out}"
     );
     assert_eq!(g.info_num("acpi_rsdp"), 0xe0000);
+    assert_eq!(
+        g.info_num("acpi_lapics"),
+        2,
+        "one enabled local APIC per vCPU"
+    );
     assert_eq!(g.info_num("acpi_hw_reduced"), 0);
     assert_eq!(g.info_num("acpi_pm1a_cnt"), 0x604);
     assert_eq!(g.info_num("pvpanic_caps"), 3);
