@@ -7,6 +7,7 @@ pub mod disk;
 pub mod jail;
 pub mod output;
 pub mod sandbox;
+pub mod unprivileged;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
@@ -94,6 +95,7 @@ pub struct Vmm {
     args: Vec<OsString>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
+    run_as: Option<unprivileged::RunAs>,
 }
 
 impl Vmm {
@@ -107,6 +109,7 @@ impl Vmm {
             args: args.into_iter().map(|a| a.as_ref().to_owned()).collect(),
             stdin: None,
             timeout: DEFAULT_TIMEOUT,
+            run_as: None,
         }
     }
 
@@ -167,6 +170,12 @@ impl Vmm {
         self
     }
 
+    /// Runs the vmm as this user instead of ours.
+    pub fn run_as(mut self, user: unprivileged::RunAs) -> Self {
+        self.run_as = Some(user);
+        self
+    }
+
     pub fn command_line(&self) -> Vec<OsString> {
         let mut v = self.args.clone();
         if let Some(k) = &self.kernel {
@@ -185,7 +194,11 @@ impl Vmm {
     pub fn spawn(&self) -> Running {
         let bin = self.program.clone().unwrap_or_else(vmm_bin);
         let args = self.command_line();
-        let mut child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if let Some(user) = &self.run_as {
+            user.apply(&mut cmd);
+        }
+        let mut child = cmd
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

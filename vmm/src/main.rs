@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -100,6 +101,30 @@ struct SuperviseArgs {
     /// Write the readiness JSON line to this file descriptor instead of stdout.
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// How the vmm confines itself once set up (README: "Threat model").
+#[derive(Args)]
+struct SecurityArgs {
+    /// Seccomp filters, one per thread kind: `enforce` kills the process (SIGSYS, exit
+    /// status 159) on a syscall outside them; `log` allows it and has the kernel log it.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t)]
+    seccomp: vmm::seccomp::Mode,
+    /// A policy file in seccompiler's JSON format (keys: main, vcpu, devices,
+    /// supervisor, signals) instead of the built-in one.
+    #[arg(long, value_name = "FILE")]
+    seccomp_filter: Option<PathBuf>,
+}
+
+impl SecurityArgs {
+    /// Compiles the filters and sets what every thread inherits (no_new_privs).
+    fn prepare(&self) -> anyhow::Result<Arc<vmm::seccomp::Filters>> {
+        let filters = vmm::seccomp::Filters::load(self.seccomp, self.seccomp_filter.as_deref())?;
+        vmm::privileges::prepare_process()?;
+        Ok(Arc::new(filters))
+    }
 }
 
 #[derive(Args)]
@@ -179,6 +204,8 @@ struct RunArgs {
     /// Write the readiness JSON line to this file descriptor instead of stdout.
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
+    #[command(flatten)]
+    security: SecurityArgs,
 }
 
 fn parse_drive(value: &str) -> Result<DriveSpec, String> {
@@ -205,7 +232,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         ready_fd: args.ready_fd,
     };
     let config = VmConfig::build(file, overrides)?;
-    let reason = vmm::vm::run(&config)?;
+    let seccomp = args.security.prepare()?;
+    let reason = vmm::vm::run(&config, seccomp)?;
     let code = reason.exit_code();
     if code == EXIT_OK {
         log::info!("{reason}");
@@ -248,6 +276,7 @@ fn supervise(args: SuperviseArgs) -> anyhow::Result<i32> {
         lifetime: args.lifetime.map(Duration::from_secs),
         ready_fd: args.ready_fd,
         started: Instant::now(),
+        seccomp: args.security.prepare()?,
     };
     let reason = vmm::sandbox::supervise(options)?;
     log::info!("{reason}");

@@ -11,6 +11,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::exit::ExitReason;
+use crate::seccomp::{Filters, ThreadKind};
 
 const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
 const KVM_SYSTEM_EVENT_RESET: u32 = 2;
@@ -37,6 +38,7 @@ pub struct Vcpu {
     pub mmio: Arc<Bus>,
     pub exit: Sender<ExitReason>,
     pub stop: Arc<AtomicBool>,
+    pub seccomp: Arc<Filters>,
 }
 
 /// A running vCPU thread.
@@ -66,6 +68,10 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        if let Err(e) = self.seccomp.confine(ThreadKind::Vcpu) {
+            let _ = self.exit.send(ExitReason::Vmm(e.to_string()));
+            return;
+        }
         while !self.stop.load(Ordering::Acquire) {
             if let Some(reason) = self.run_once() {
                 // The main thread may be gone already; nothing else to tell.

@@ -15,6 +15,7 @@ use crate::console::{ConsoleWatcher, RawTerminal};
 use crate::device_manager::{DeviceError, Devices};
 use crate::exit::ExitReason;
 use crate::machine::{Machine, MachineError};
+use crate::seccomp::{Filters, ThreadKind};
 use crate::signals;
 use crate::vcpu::{self, Vcpu, VcpuHandle};
 
@@ -41,10 +42,12 @@ pub enum VmError {
     Supervisor(#[from] crate::sandbox::ServeError),
     #[error("cannot start the {0} thread")]
     Thread(&'static str, #[source] std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Runs the VM; returns why it stopped. Errors are setup failures (nothing ran).
-pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
+pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmError> {
     let setup_started = Instant::now();
     let (exit_tx, exit_rx) = channel();
     // Blocked here so every thread spawned below inherits the mask; one thread waits.
@@ -80,7 +83,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     }
     regs::setup_boot_cpu(&vcpu_fds[0], entry.mode, entry.rip)?;
 
-    signals::spawn_signal_thread(stop_signals, exit_tx.clone())
+    // Everything the VM needs from the host is open now. Each thread below confines itself
+    // (no capabilities, its seccomp filter) before it does any work; this one last.
+    signals::spawn_signal_thread(stop_signals, exit_tx.clone(), seccomp.clone())
         .map_err(|e| VmError::Thread("signal", e))?;
     let Devices {
         pio,
@@ -89,17 +94,30 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         blocks,
         vsock: _vsock,
     } = devices;
+    let (devices_seccomp, devices_exit) = (seccomp.clone(), exit_tx.clone());
     std::thread::Builder::new()
         .name("devices".into())
-        .spawn(move || loop {
-            if let Err(e) = event_manager.run() {
-                log::error!("device event loop: {e:?}");
+        .spawn(move || {
+            if let Err(e) = devices_seccomp.confine(ThreadKind::Devices) {
+                let _ = devices_exit.send(ExitReason::Vmm(e.to_string()));
+                return;
+            }
+            loop {
+                if let Err(e) = event_manager.run() {
+                    log::error!("device event loop: {e:?}");
+                }
             }
         })
         .map_err(|e| VmError::Thread("device", e))?;
 
     let supervisor = match &config.api {
-        Some(api) => Some(start_supervisor(config, api, &exit_tx, setup_started)?),
+        Some(api) => Some(start_supervisor(
+            config,
+            api,
+            &exit_tx,
+            setup_started,
+            &seccomp,
+        )?),
         None => None,
     };
     let mut terminal = RawTerminal::enter();
@@ -114,9 +132,11 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
             mmio: mmio.clone(),
             exit: exit_tx.clone(),
             stop: stop.clone(),
+            seccomp: seccomp.clone(),
         };
         handles.push(vcpu.spawn().map_err(|e| VmError::Thread("vCPU", e))?);
     }
+    seccomp.confine(ThreadKind::Main)?;
 
     log::debug!("VM set up in {:?}; vCPUs running", setup_started.elapsed());
     let mut reason = wait_for_exit(&exit_rx, &watcher);
@@ -143,6 +163,7 @@ fn start_supervisor(
     api: &crate::config::ApiSpec,
     exit_tx: &std::sync::mpsc::Sender<ExitReason>,
     started: Instant,
+    seccomp: &Arc<Filters>,
 ) -> Result<crate::sandbox::Handle, VmError> {
     let vsock = config
         .vsock
@@ -157,6 +178,7 @@ fn start_supervisor(
         lifetime: api.lifetime,
         ready_fd: api.ready_fd,
         started,
+        seccomp: seccomp.clone(),
     };
     let exit = std::sync::Mutex::new(exit_tx.clone());
     Ok(crate::sandbox::spawn(

@@ -23,6 +23,7 @@ use tonic::transport::Channel;
 
 pub use server::ServeError;
 
+use crate::seccomp::{Filters, ThreadKind};
 use exec::Exec;
 
 /// Why the supervisor ended the sandbox.
@@ -32,6 +33,8 @@ pub enum EndCause {
     Terminated,
     /// The configured lifetime ran out.
     LifetimeExpired,
+    /// The supervisor could not confine itself (its seccomp filter), so it never served.
+    Unconfined,
 }
 
 pub struct Options {
@@ -43,6 +46,8 @@ pub struct Options {
     pub ready_fd: Option<i32>,
     /// Process start, for "ready after".
     pub started: Instant,
+    /// The supervisor thread installs its filter from these before it serves anyone.
+    pub seccomp: Arc<Filters>,
 }
 
 /// Default time the guest gets to sync and power off on Terminate.
@@ -200,6 +205,11 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("supervisor".into())
         .spawn(move || {
+            if let Err(e) = supervisor.options.seccomp.confine(ThreadKind::Supervisor) {
+                log::error!("{e}");
+                (supervisor.on_end)(EndCause::Unconfined);
+                return;
+            }
             runtime.block_on(async move {
                 let s = supervisor.clone();
                 tokio::spawn(agent_link::watch(s));
@@ -228,6 +238,9 @@ impl EndCause {
         match self {
             Self::Terminated => crate::exit::ExitReason::Terminated,
             Self::LifetimeExpired => crate::exit::ExitReason::LifetimeExpired,
+            Self::Unconfined => crate::exit::ExitReason::Vmm(
+                "the supervisor could not install its seccomp filter".into(),
+            ),
         }
     }
 }
@@ -237,7 +250,9 @@ impl EndCause {
 pub fn supervise(options: Options) -> Result<crate::exit::ExitReason, ServeError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let set = crate::signals::block_stop_signals();
-    crate::signals::spawn_signal_thread(set, tx.clone()).map_err(ServeError::Runtime)?;
+    let seccomp = options.seccomp.clone();
+    crate::signals::spawn_signal_thread(set, tx.clone(), seccomp.clone())
+        .map_err(ServeError::Runtime)?;
     let exit = std::sync::Mutex::new(tx);
     let _handle = spawn(
         options,
@@ -245,6 +260,7 @@ pub fn supervise(options: Options) -> Result<crate::exit::ExitReason, ServeError
             let _ = lock(&exit).send(cause.exit_reason());
         }),
     )?;
+    seccomp.confine(ThreadKind::Main)?;
     Ok(rx
         .recv()
         .unwrap_or(crate::exit::ExitReason::Vmm("supervisor ended".into())))

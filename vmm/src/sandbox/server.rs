@@ -30,6 +30,8 @@ pub enum ServeError {
     Runtime(#[source] std::io::Error),
     #[error("API server failed")]
     Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Binds `path` (replacing a stale socket) with mode 0600.
