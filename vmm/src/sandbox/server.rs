@@ -76,6 +76,8 @@ pub async fn serve(
             conn.and_then(Socket::from_unix)
                 .map(h2_authority::RewriteAuthority::new)
         });
+    // h2_authority relies on hyper's defaults for the maximum frame size and the HPACK
+    // table size: set either here and it must follow.
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)

@@ -12,11 +12,20 @@
 //! [`RewriteAuthority`] wraps each accepted connection and edits what the client sends,
 //! before h2 reads it: the preface and every frame other than HEADERS/CONTINUATION pass
 //! through untouched, read straight into h2's buffer (DATA is never copied or held). A
-//! header block (HEADERS plus its CONTINUATIONs) is collected, decoded with the client's
-//! HPACK context, its `:authority` replaced by `localhost` where h2 would reject it, and
-//! re-encoded with an HPACK context of our own. Every header block reaches h2 through
-//! that encoder, so h2's decoder state is always the encoder's. What the server sends
-//! passes untouched.
+//! header block (HEADERS plus its CONTINUATIONs) is collected and decoded with the
+//! client's HPACK context. The connection's first block decides:
+//! - When h2 accepts its `:authority` (or it has none), that block and everything after
+//!   it pass through untouched, and h2's HPACK context stays the client's. A gRPC
+//!   client's authority belongs to its channel and is the same on every call, so a
+//!   client such as tonic (ours) pays for one decoded block per connection: every tonic
+//!   request carries its `:path` as a Huffman-coded literal, which loona-hpack decodes
+//!   slowly (tens of microseconds).
+//! - Otherwise this block and every later one are rewritten: `:authority` becomes
+//!   `localhost` where h2 would reject it, and the block is re-encoded with an HPACK
+//!   context of our own, which h2's decoder then follows (every block reaches it through
+//!   our encoder).
+//!
+//! What the server sends passes untouched.
 //!
 //! Input that is not valid (a broken frame, bad HPACK, an oversized header block) ends
 //! the connection with an I/O error, which closes only that connection.
@@ -33,13 +42,13 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER_LEN: usize = 9;
 /// SETTINGS_MAX_FRAME_SIZE of the API server: hyper's default, which tonic keeps. A
 /// client may send no larger frame, and the header frames we make are no larger.
-pub const MAX_FRAME: usize = 16 << 10;
+const MAX_FRAME: usize = 16 << 10;
 /// The most encoded header block we collect (all its frames together).
-pub const MAX_BLOCK: usize = 64 << 10;
+const MAX_BLOCK: usize = 64 << 10;
 /// The most decoded header list (as HPACK counts it: name + value + 32 per field). It is
-/// above the server's own limit (16 KiB, hyper's default), so between the two h2 still
-/// answers for itself; above it the connection ends here.
-pub const MAX_HEADER_LIST: usize = 64 << 10;
+/// above the server's own limit (16 KiB, hyper's default), so h2 still answers a list
+/// between the two as it would without us; a longer one ends the connection here.
+const MAX_HEADER_LIST: usize = 64 << 10;
 /// SETTINGS_HEADER_TABLE_SIZE: the server never changes the protocol's default, so this
 /// bounds the client's HPACK table and is the size of h2's decoder table.
 const HEADER_TABLE_SIZE: usize = 4096;
@@ -81,8 +90,9 @@ enum At {
     FrameStart,
     /// Inside a frame that passes through: this many of its bytes still to come.
     Passing(usize),
-    /// Not HTTP/2 (wrong preface): everything passes; h2 rejects it.
-    Opaque,
+    /// Everything passes from here on: the client's authority needs no fix, or the
+    /// stream is not HTTP/2 (a wrong preface, which h2 rejects).
+    Through,
 }
 
 struct FrameHeader {
@@ -116,6 +126,8 @@ struct Block {
     end_stream: bool,
     priority: Option<[u8; PRIORITY_LEN]>,
     fragment: Vec<u8>,
+    /// Its frames as received, while they may yet be passed on unchanged.
+    raw: Vec<u8>,
 }
 
 /// What `Rewriter::take` did with the frame at the start of its input.
@@ -135,8 +147,8 @@ struct Rewriter {
     decoder: loona_hpack::Decoder<'static>,
     /// Ours, toward h2.
     encoder: loona_hpack::Encoder<'static>,
-    /// An authority was replaced on this connection (logged once).
-    replaced: bool,
+    /// The connection's header blocks are rewritten (decided by its first one).
+    rewriting: bool,
 }
 
 impl Rewriter {
@@ -150,7 +162,7 @@ impl Rewriter {
             block: None,
             decoder,
             encoder: loona_hpack::Encoder::new(),
-            replaced: false,
+            rewriting: false,
         }
     }
 
@@ -162,13 +174,13 @@ impl Rewriter {
         let mut i = 0;
         loop {
             match self.at {
-                At::Opaque => return limit,
+                At::Through => return limit,
                 At::Preface(seen) => {
                     let want = &PREFACE[seen..];
                     let have = &data[i..];
                     let n = want.len().min(have.len());
                     if want[..n] != have[..n] {
-                        self.at = At::Opaque;
+                        self.at = At::Through;
                         continue;
                     }
                     let n = n.min(limit - i);
@@ -201,7 +213,7 @@ impl Rewriter {
     }
 
     /// Consumes the header frame at the start of `data` (where `pass` stopped), once it
-    /// is complete; at the end of a header block, appends the rewritten block to `out`.
+    /// is complete; at the end of a header block, appends what h2 gets for it to `out`.
     fn take(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<Took, AuthorityError> {
         let Some(h) = FrameHeader::parse(data) else {
             return Ok(Took::NeedMore(FRAME_HEADER_LEN));
@@ -227,22 +239,30 @@ impl Rewriter {
         let Some(payload) = data.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN + h.len) else {
             return Ok(Took::NeedMore(FRAME_HEADER_LEN + h.len));
         };
-        match &mut self.block {
-            Some(block) => block.fragment.extend_from_slice(payload),
-            None => self.block = Some(Block::from_headers(&h, payload)?),
-        }
-        if h.flags & END_HEADERS != 0 {
-            if let Some(block) = self.block.take() {
-                self.rewrite(block, out)?;
+        let block = match &mut self.block {
+            Some(block) => {
+                block.fragment.extend_from_slice(payload);
+                block
             }
+            None => self.block.insert(Block::from_headers(&h, payload)?),
+        };
+        let frame_len = FRAME_HEADER_LEN + h.len;
+        if !self.rewriting {
+            block.raw.extend_from_slice(&data[..frame_len]);
         }
         self.at = At::FrameStart;
-        Ok(Took::Frame(FRAME_HEADER_LEN + h.len))
+        if h.flags & END_HEADERS != 0 {
+            if let Some(block) = self.block.take() {
+                self.finish(block, out)?;
+            }
+        }
+        Ok(Took::Frame(frame_len))
     }
 
-    /// Decodes a whole header block, fixes its authority and appends it to `out`, as a
-    /// HEADERS frame and as many CONTINUATIONs as its size needs.
-    fn rewrite(&mut self, block: Block, out: &mut Vec<u8>) -> Result<(), AuthorityError> {
+    /// Decodes a whole header block and appends to `out` what h2 gets for it: the
+    /// block unchanged, or with its authority fixed as a HEADERS frame and as many
+    /// CONTINUATIONs as its size needs.
+    fn finish(&mut self, block: Block, out: &mut Vec<u8>) -> Result<(), AuthorityError> {
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         let mut size = 0;
         // The size is checked field by field: a short block can name a 4 KiB table
@@ -258,16 +278,24 @@ impl Rewriter {
         if size > MAX_HEADER_LIST {
             return Err(AuthorityError::ListTooLarge);
         }
+        let rejected = |name: &[u8], value: &[u8]| {
+            name == b":authority" && http::uri::Authority::try_from(value).is_err()
+        };
+        if !self.rewriting {
+            let Some((_, value)) = fields.iter().find(|(n, v)| rejected(n, v)) else {
+                out.extend_from_slice(&block.raw);
+                self.at = At::Through;
+                return Ok(());
+            };
+            log::debug!(
+                "API: a client's :authority {:?} is no valid authority; h2 gets {:?}",
+                String::from_utf8_lossy(value),
+                String::from_utf8_lossy(REPLACEMENT)
+            );
+            self.rewriting = true;
+        }
         for (name, value) in &mut fields {
-            if name == b":authority" && http::uri::Authority::try_from(&value[..]).is_err() {
-                if !self.replaced {
-                    self.replaced = true;
-                    log::debug!(
-                        "API: a client's :authority {:?} is no valid authority; h2 gets {:?}",
-                        String::from_utf8_lossy(value),
-                        String::from_utf8_lossy(REPLACEMENT)
-                    );
-                }
+            if rejected(name, value) {
                 *value = REPLACEMENT.to_vec();
             }
         }
@@ -332,6 +360,7 @@ impl Block {
             end_stream: h.flags & END_STREAM != 0,
             priority,
             fragment: p[..end].to_vec(),
+            raw: Vec::new(),
         })
     }
 }
