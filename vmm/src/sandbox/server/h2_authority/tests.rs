@@ -278,13 +278,17 @@ const GRPCIO_CALLS: &[&str] = &[
     "000000000f",
 ];
 
-#[test]
-fn rewrites_what_grpcio_sends() {
+fn grpcio_calls() -> Vec<u8> {
     let hex = GRPCIO_CALLS.concat();
-    let input: Vec<u8> = (0..hex.len())
+    (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn rewrites_what_grpcio_sends() {
+    let input = grpcio_calls();
     let out = through(vec![input.clone()], 1 << 16).unwrap();
     let headers: Vec<Fields> = server_view(&out)
         .into_iter()
@@ -516,4 +520,32 @@ fn malformed_input_fails_the_connection() {
     let mut bomb = frame(HEADERS, END_HEADERS, 1, &encode(&mut client, &big));
     bomb.extend(frame(HEADERS, END_HEADERS, 3, &[0x80 | 62; 100]));
     assert_fails(bomb, "decoded header list exceeds");
+}
+
+#[test]
+fn mangled_input_never_panics() {
+    // grpcio's bytes with a few bytes changed, cut short or in random pieces: each run
+    // ends in some output or an error, never a panic.
+    let input = grpcio_calls();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |bound: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % bound as u64) as usize
+    };
+    for _ in 0..300 {
+        let mut mangled = input.clone();
+        for _ in 0..1 + next(4) {
+            let at = PREFACE.len() + next(mangled.len() - PREFACE.len());
+            mangled[at] = next(256) as u8;
+        }
+        mangled.truncate(PREFACE.len() + next(mangled.len() - PREFACE.len() + 1));
+        let mut pieces = Vec::new();
+        while !mangled.is_empty() {
+            let n = 1 + next(mangled.len().min(64));
+            pieces.push(mangled.drain(..n).collect());
+        }
+        let _ = through(pieces, 1 + next(100));
+    }
 }
