@@ -11,9 +11,10 @@
 //!
 //! [`RewriteAuthority`] wraps each accepted connection and edits what the client sends,
 //! before h2 reads it: the preface and every frame other than HEADERS/CONTINUATION pass
-//! through untouched, read straight into h2's buffer (DATA is never copied or held). A
-//! header block (HEADERS plus its CONTINUATIONs) is collected and decoded with the
-//! client's HPACK context. The connection's first block decides:
+//! through untouched, read straight into h2's buffer (only what a read brings in after
+//! a header frame is held back and copied once). A header block (HEADERS plus its
+//! CONTINUATIONs) is collected and decoded with the client's HPACK context. The
+//! connection's first block decides:
 //! - When h2 accepts its `:authority` (or it has none), that block and everything after
 //!   it pass through untouched, and h2's HPACK context stays the client's. A gRPC
 //!   client's authority belongs to its channel and is the same on every call, so a
