@@ -7,9 +7,15 @@
 //! agent/proto with grpcio-tools; the client is tests/python/sandbox_client.py. grpcio
 //! comes from the venv that `make deps` (mk/python-grpcio.sh) installs: without it the
 //! test fails, it never skips.
+//!
+//! Also: a client whose header block the rewriter cannot decode loses its connection,
+//! and only that.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use vmm_tests::sandbox::{repo_file, Backend, Sandbox};
 use vmm_tests::vmm_bin;
@@ -103,4 +109,41 @@ fn stock_grpcio_over_unix_socket() {
         sum.split_whitespace().next(),
         text(&local.stdout).split_whitespace().next()
     );
+}
+
+#[test]
+fn a_malformed_header_block_closes_only_its_connection() {
+    let sb = Sandbox::start(Backend::Jail);
+    let bystander = UnixStream::connect(&sb.api_socket).expect("connect");
+    let mut bad = UnixStream::connect(&sb.api_socket).expect("connect");
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+                                                           // HEADERS on stream 1 (END_HEADERS): :method GET, then an index past both tables.
+    bytes.extend_from_slice(&[0, 0, 3, 1, 4, 0, 0, 0, 1, 0x82, 0xff, 0x7f]);
+    bad.write_all(&bytes).expect("write");
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut from_server = Vec::new();
+    match bad.read_to_end(&mut from_server) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the connection stayed open ({e}) after a malformed header block"),
+    }
+    // The server and its other connections go on.
+    let status = Command::new(vmm_bin())
+        .args(["status", "--api-sock"])
+        .arg(&sb.api_socket)
+        .output()
+        .expect("vmm runs");
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    // The bystander has the server's SETTINGS to read, then nothing: no end of stream.
+    bystander.set_nonblocking(true).unwrap();
+    let mut buf = [0; 256];
+    loop {
+        match (&bystander).read(&mut buf) {
+            Ok(0) => panic!("a connection that sent nothing was closed too"),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("a connection that sent nothing failed too: {e}"),
+        }
+    }
 }

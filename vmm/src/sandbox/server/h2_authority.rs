@@ -391,8 +391,14 @@ impl<S> RewriteAuthority<S> {
     }
 
     fn fail(&mut self, err: AuthorityError) -> io::Error {
-        log::warn!("API: closing a client connection: {err}");
-        let msg = format!("API client sent invalid HTTP/2: {err}");
+        let mut why = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(e) = source {
+            why = format!("{why}: {e}");
+            source = e.source();
+        }
+        log::warn!("API: closing a client connection: {why}");
+        let msg = format!("API client sent invalid HTTP/2: {why}");
         self.failed = Some(msg.clone());
         io::Error::new(io::ErrorKind::InvalidData, msg)
     }
