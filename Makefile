@@ -19,8 +19,9 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT_BIN := $(CURDIR)/target/$(AGENT_TARGET)/release/vmm-agent
 AGENT ?= $(AGENT_BIN)
 # Debian packages the tests and benchmarks use (the image scripts install their own;
-# cpio and kmod build the emulated KVM host's initramfs).
-TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs protobuf-compiler cpio kmod
+# cpio and kmod build the emulated KVM host's initramfs; python3-venv holds the stock
+# Python gRPC client of the tests, from mk/python-grpcio.sh).
+TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs protobuf-compiler cpio kmod python3-venv
 
 include mk/images.mk
 
@@ -39,9 +40,10 @@ build:
 	$(CARGO) build --release --workspace
 
 # Installs missing packages when root (QEMU from bookworm-backports); otherwise prints
-# the exact commands.
+# the exact commands. Then the pinned grpcio venv (cached) for the Python client test.
 deps:
 	@mk/deps.sh $(TEST_PACKAGES)
+	@mk/python-grpcio.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -1,5 +1,8 @@
 //! The API socket: a Unix socket created with mode 0600 that, in addition, only accepts
-//! peers running as our own user (or root).
+//! peers running as our own user (or root). Each connection goes through
+//! `h2_authority`, so that stock gRPC clients' Unix-socket `:authority` is accepted.
+
+mod h2_authority;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -71,7 +74,12 @@ pub async fn serve(
             }
             _ => true,
         })
-        .map(|conn| conn.and_then(Socket::from_unix));
+        .map(|conn| {
+            conn.and_then(Socket::from_unix)
+                .map(h2_authority::RewriteAuthority::new)
+        });
+    // h2_authority relies on hyper's defaults for the maximum frame size and the HPACK
+    // table size: set either here and it must follow.
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
