@@ -210,6 +210,10 @@ After=local-fs.target
 [Service]
 ExecStart=/sbin/vmm-agent --no-init
 Restart=always
+# The agent puts execs into a cgroup of their own beside it (a fork bomb must not
+# starve it), and keeps itself out of the OOM killer's reach.
+Delegate=yes
+OOMScoreAdjust=-1000
 
 [Install]
 WantedBy=multi-user.target

@@ -6,7 +6,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
-use vmm::client::{Client, ExecOutput};
+use agent::api::exec_request;
+use agent::pb::{self, ExecStart};
+use vmm::client::{collect, request, Client, ExecOutput};
 use vmm_tests::sandbox::{skip_tier3, Backend, Sandbox};
 
 /// How long a guest may take to go down after it was asked to.
@@ -24,6 +26,13 @@ async fn start_sized(memory_mib: u32, extra: &'static [&'static str]) -> Sandbox
 
 async fn sh(c: &Client, script: &str) -> ExecOutput {
     c.run(&["sh", "-c", script], b"").await.expect("exec")
+}
+
+fn argv(args: &[&str]) -> ExecStart {
+    ExecStart {
+        argv: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -163,4 +172,106 @@ async fn tier3_console_lines_end_nothing_and_a_real_panic_exits_2() {
     .unwrap();
     assert_eq!(code, Some(2), "the guest console ended with:\n{console}");
     assert!(console.contains("sysrq triggered crash"), "{console}");
+}
+
+/// Reads a small sandbox file (a cgroup or /proc file) through the file API: it needs no
+/// new process, so it works while the sandbox can fork no more.
+async fn read_text(c: &Client, path: &str) -> String {
+    let mut buf = Vec::new();
+    c.read_file(path, &mut buf).await.expect("read_file");
+    text(&buf)
+}
+
+/// A fork bomb fills its cgroup's pids.max and no more. The agent, outside the group and
+/// out of the OOM killer's reach, keeps answering and starts an exec into the full group
+/// (joining a group at its limit is allowed; only forks in it are refused), and the bomb
+/// dies with its process group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_a_fork_bomb_fills_only_the_sandbox_cgroup() {
+    if skip_tier3("a_fork_bomb_fills_only_the_sandbox_cgroup") {
+        return;
+    }
+    let sb = start(&["--append", "-- --sandbox-pids-max=200"]).await;
+    let c = sb.client().await;
+    let group = "/sys/fs/cgroup/vmm-sandbox";
+    assert_eq!(
+        read_text(&c, &format!("{group}/pids.max")).await.trim(),
+        "200"
+    );
+    let memory_max = read_text(&c, &format!("{group}/memory.max")).await;
+    assert_ne!(memory_max.trim(), "max", "the sandbox's memory is limited");
+
+    let bomb = c
+        .exec(argv(&["sh", "-c", "while :; do sleep 1000 & done"]), None)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let events = read_text(&c, &format!("{group}/pids.events")).await;
+        let refused: u64 = events
+            .lines()
+            .find_map(|l| l.strip_prefix("max "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        if refused > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bomb never reached pids.max: {events} (pids.current {})",
+            read_text(&c, &format!("{group}/pids.current")).await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let current: u64 = read_text(&c, &format!("{group}/pids.current"))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(current <= 200, "pids.current {current} > pids.max 200");
+
+    // The agent answers, and starts a process in the full group.
+    let status = c.status().await.unwrap();
+    assert!(status.execs.iter().any(|e| e.running), "{status:?}");
+    let out = c
+        .run(
+            &[
+                "cat",
+                "/proc/self/cgroup",
+                "/proc/self/oom_score_adj",
+                "/proc/1/oom_score_adj",
+            ],
+            b"",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "0::/vmm-sandbox\n0\n-1000\n",
+        "the exec is in the group with the default OOM score; the agent (PID 1) is protected"
+    );
+
+    bomb.input
+        .send(request(exec_request::Request::Signal(libc::SIGKILL)))
+        .await
+        .unwrap();
+    let out = collect(bomb).await.unwrap();
+    assert_eq!(
+        out.exited.unwrap().status,
+        Some(pb::exited::Status::Signal(libc::SIGKILL))
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let current = read_text(&c, &format!("{group}/pids.current")).await;
+        if current.trim() == "0" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bomb's processes did not all go: pids.current {current}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = sh(&c, "echo forks again").await;
+    assert_eq!(text(&out.stdout), "forks again\n");
 }

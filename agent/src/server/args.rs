@@ -26,6 +26,8 @@ pub struct Args {
     pub listen: Listen,
     pub init: InitMode,
     pub hostname: Option<String>,
+    /// pids.max of the sandbox cgroup (default: the kernel's task limit less a reserve).
+    pub sandbox_pids_max: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,12 +47,14 @@ pub enum ArgsError {
 }
 
 pub const USAGE: &str = "usage: vmm-agent [--vsock-port N] [--unix PATH] [--init | --no-init] \
-[--hostname NAME]\n\
+[--hostname NAME] [--sandbox-pids-max N]\n\
   --vsock-port N   listen on AF_VSOCK port N, any CID (default: 1024)\n\
   --unix PATH      listen on a Unix socket (mode 0600) instead of vsock\n\
   --init           do PID 1 duties (mounts, lo, hostname, reaping) even when not PID 1\n\
   --no-init        never do them (running as a service under another init)\n\
   --hostname NAME  hostname to set as init (default: /etc/hostname)\n\
+  --sandbox-pids-max N  processes and threads the execs may have in all (default: the\n\
+                   kernel's limit less a tenth, at least 256, kept for the agent)\n\
 Log level: VMM_AGENT_LOG=error|warn|info|debug|trace (default info).";
 
 impl Args {
@@ -59,6 +63,7 @@ impl Args {
         let mut unix = None;
         let mut init = InitMode::Auto;
         let mut hostname = None;
+        let mut sandbox_pids_max = None;
         let mut it = args.into_iter();
         while let Some(arg) = it.next() {
             let arg = arg.to_string_lossy().into_owned();
@@ -105,6 +110,15 @@ impl Args {
                     }
                     hostname = Some(v);
                 }
+                "--sandbox-pids-max" => {
+                    let v = value("--sandbox-pids-max")?;
+                    let n = v.to_str().and_then(|s| s.parse::<u64>().ok());
+                    sandbox_pids_max =
+                        Some(n.filter(|n| *n > 0).ok_or_else(|| ArgsError::Invalid {
+                            flag: "--sandbox-pids-max",
+                            value: v.to_string_lossy().into_owned(),
+                        })?);
+                }
                 "--init" | "--no-init" if inline.is_none() => {
                     let mode = if flag == "--init" {
                         InitMode::Init
@@ -129,6 +143,7 @@ impl Args {
             listen,
             init,
             hostname,
+            sandbox_pids_max,
         })
     }
 
@@ -169,6 +184,9 @@ mod tests {
         let a = parse(&["--vsock-port=5000", "--no-init"]).unwrap();
         assert_eq!(a.listen, Listen::Vsock(5000));
         assert!(!a.is_init(1));
+        assert_eq!(a.sandbox_pids_max, None);
+        let a = parse(&["--sandbox-pids-max=256"]).unwrap();
+        assert_eq!(a.sandbox_pids_max, Some(256));
     }
 
     #[test]
@@ -194,5 +212,11 @@ mod tests {
             Err(ArgsError::Unknown("--bogus".into()))
         );
         assert_eq!(parse(&["--help"]), Err(ArgsError::Help));
+        for bad in ["0", "-1", "many"] {
+            assert!(matches!(
+                parse(&["--sandbox-pids-max", bad]),
+                Err(ArgsError::Invalid { .. })
+            ));
+        }
     }
 }

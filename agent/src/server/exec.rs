@@ -19,6 +19,7 @@ use super::errors::{io_status, strerror};
 use super::fdio::{pipe, FdIo};
 use super::pty;
 use super::reaper::{Reaper, WaitStatus};
+use super::sandbox_cgroup::SandboxCgroup;
 use super::spawn::{self, Launch};
 use super::user::{self, User};
 
@@ -225,9 +226,9 @@ fn open_stdio(plan: &Plan) -> Result<Stdio, Status> {
     })
 }
 
-/// A std `Command` that forks, for what posix_spawn cannot do: take a controlling
-/// terminal (PTY execs) and switch users.
-fn forked_command(plan: &Plan, child: [OwnedFd; 3]) -> Command {
+/// A std `Command` that forks, for what posix_spawn cannot do: join the sandbox cgroup
+/// before exec, take a controlling terminal (PTY execs) and switch users.
+fn forked_command(plan: &Plan, child: [OwnedFd; 3], cgroup: Option<Arc<SandboxCgroup>>) -> Command {
     let mut cmd = Command::new(&plan.program);
     let [stdin, stdout, stderr] = child;
     cmd.arg0(&plan.argv[0])
@@ -241,10 +242,15 @@ fn forked_command(plan: &Plan, child: [OwnedFd; 3]) -> Command {
     let tty = plan.tty.is_some();
     let ids = plan.user.as_ref().map(|u| (u.uid, u.gid, u.groups.clone()));
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, ioctl, setgroups, setgid, setuid) on
-    // memory prepared before the fork; it does not allocate or take locks.
+    // async-signal-safe system calls (write, open, close, setsid, ioctl, setgroups,
+    // setgid, setuid) on memory prepared before the fork; it does not allocate or take
+    // locks.
     unsafe {
         cmd.pre_exec(move || {
+            // First: nothing of the child's may run outside the group.
+            if let Some(cgroup) = &cgroup {
+                cgroup.join_from_child()?;
+            }
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -267,9 +273,13 @@ fn forked_command(plan: &Plan, child: [OwnedFd; 3]) -> Command {
 
 /// Starts the planned process in a new session (so its pid is also its process group),
 /// registered with the reaper.
-pub fn spawn(plan: &Plan, reaper: &Reaper) -> Result<Spawned, Status> {
+pub fn spawn(
+    plan: &Plan,
+    reaper: &Reaper,
+    cgroup: Option<&Arc<SandboxCgroup>>,
+) -> Result<Spawned, Status> {
     let io = open_stdio(plan)?;
-    let started = if plan.tty.is_none() && plan.user.is_none() {
+    let started = if plan.tty.is_none() && plan.user.is_none() && cgroup.is_none() {
         let launch = Launch {
             program: &plan.program,
             argv: &plan.argv,
@@ -281,7 +291,7 @@ pub fn spawn(plan: &Plan, reaper: &Reaper) -> Result<Spawned, Status> {
         drop(io.child);
         started
     } else {
-        reaper.spawn_command(&mut forked_command(plan, io.child))
+        reaper.spawn_command(&mut forked_command(plan, io.child, cgroup.cloned()))
     };
     // The child's ends of the pipes / the PTY slave are closed by now (with the array
     // or the `Command`), so the agent sees EOF (or EIO on the PTY master) once the

@@ -11,11 +11,13 @@ pub mod listen;
 pub mod logger;
 pub mod pty;
 pub mod reaper;
+pub mod sandbox_cgroup;
 pub mod service;
 pub mod session;
 pub mod spawn;
 pub mod user;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent::pb::agent_server::AgentServer;
@@ -44,9 +46,23 @@ pub enum Exit {
 /// Serves until Shutdown or SIGTERM; returns how to end, or a fatal error.
 pub async fn serve(args: &Args, is_init: bool) -> Result<Exit, Box<dyn std::error::Error>> {
     let reaper = Reaper::start(is_init)?;
+    let cgroup = match sandbox_cgroup::SandboxCgroup::setup(args.sandbox_pids_max) {
+        Ok(cgroup) => {
+            log::info!(
+                "execs run in {} (pids.max {})",
+                cgroup.path.display(),
+                cgroup.pids_max
+            );
+            Some(Arc::new(cgroup))
+        }
+        Err(e) => {
+            log::warn!("execs run without a sandbox cgroup: {e}");
+            None
+        }
+    };
     let mut sigterm = signal(SignalKind::terminate())?;
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel(1);
-    let svc = AgentServer::new(AgentService::new(reaper.clone(), shutdown_tx))
+    let svc = AgentServer::new(AgentService::new(reaper.clone(), cgroup, shutdown_tx))
         .max_decoding_message_size(16 << 20);
     // Flow control: each stream may buffer STREAM_WINDOW of input the agent has not
     // consumed; the connection window is as large as HTTP/2 allows, so input held up

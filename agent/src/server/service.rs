@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent::pb::agent_server::Agent;
@@ -21,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::path_status;
 use super::reaper::Reaper;
+use super::sandbox_cgroup::SandboxCgroup;
 use super::{exec, files, init, session};
 
 /// Chunk size for ReadFile.
@@ -29,6 +31,8 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct AgentService {
     started: Instant,
     reaper: Reaper,
+    /// Where execs run, when the guest has cgroup v2.
+    cgroup: Option<Arc<SandboxCgroup>>,
     /// Where user lookups read passwd and group.
     etc: PathBuf,
     /// Tells `main` to shut down (after this RPC's reply has gone out).
@@ -36,10 +40,15 @@ pub struct AgentService {
 }
 
 impl AgentService {
-    pub fn new(reaper: Reaper, shutdown: mpsc::Sender<()>) -> AgentService {
+    pub fn new(
+        reaper: Reaper,
+        cgroup: Option<Arc<SandboxCgroup>>,
+        shutdown: mpsc::Sender<()>,
+    ) -> AgentService {
         AgentService {
             started: Instant::now(),
             reaper,
+            cgroup,
             etc: PathBuf::from("/etc"),
             shutdown,
         }
@@ -113,18 +122,20 @@ impl Agent for AgentService {
             }
             None => return Err(Status::invalid_argument("Exec input ended before `start`")),
         };
-        // A plain exec starts inline: posix_spawn holds this thread only until the child
-        // has exec'd, less than a hand-off to a blocking thread costs. Switching users
-        // reads /etc/passwd and forks (as does a PTY exec): those go to a blocking thread.
-        let (plan, child) = if start.user.is_empty() && !start.tty {
+        // A plain exec outside a cgroup starts inline: posix_spawn holds this thread only
+        // until the child has exec'd, less than a hand-off to a blocking thread costs.
+        // Joining the sandbox cgroup, switching users (which reads /etc/passwd) and a PTY
+        // need a fork: those go to a blocking thread.
+        let (plan, child) = if start.user.is_empty() && !start.tty && self.cgroup.is_none() {
             let plan = exec::plan(start, &self.etc)?;
-            let child = exec::spawn(&plan, &self.reaper)?;
+            let child = exec::spawn(&plan, &self.reaper, None)?;
             (plan, child)
         } else {
-            let (etc, reaper) = (self.etc.clone(), self.reaper.clone());
+            let (etc, reaper, cgroup) =
+                (self.etc.clone(), self.reaper.clone(), self.cgroup.clone());
             blocking(move || {
                 let plan = exec::plan(start, &etc)?;
-                let child = exec::spawn(&plan, &reaper)?;
+                let child = exec::spawn(&plan, &reaper, cgroup.as_ref())?;
                 Ok((plan, child))
             })
             .await?
