@@ -24,17 +24,7 @@ impl RunAs {
     pub fn nobody() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let node = dir.path().join("kvm");
-        let rdev = std::fs::metadata("/dev/kvm").expect("/dev/kvm").rdev();
-        let path = CString::new(node.as_os_str().as_bytes()).expect("no NUL in a temp path");
-        // SAFETY: a valid NUL-terminated path; mknod creates a character device node.
-        let rc = unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, rdev) };
-        assert_eq!(
-            rc,
-            0,
-            "mknod {}: {}",
-            node.display(),
-            std::io::Error::last_os_error()
-        );
+        make_kvm_node(&node);
         chown_to_unprivileged(&node);
         Self { dir: Arc::new(dir) }
     }
@@ -77,6 +67,21 @@ impl RunAs {
             });
         }
     }
+}
+
+/// A character device node at `path` that opens the same KVM as /dev/kvm (mode 0600).
+pub fn make_kvm_node(path: &Path) {
+    let rdev = std::fs::metadata("/dev/kvm").expect("/dev/kvm").rdev();
+    let c_path = CString::new(path.as_os_str().as_bytes()).expect("no NUL in the path");
+    // SAFETY: a valid NUL-terminated path; mknod creates a character device node.
+    let rc = unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o600, rdev) };
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// Gives `path` to the unprivileged user.

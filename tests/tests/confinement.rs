@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use vmm_tests::disk::pattern_disk;
 use vmm_tests::sandbox::repo_file;
-use vmm_tests::unprivileged::{chown_to_unprivileged, RunAs};
+use vmm_tests::unprivileged::{chown_to_unprivileged, make_kvm_node, RunAs};
 use vmm_tests::{Running, Vmm, TINY_ELF};
 
 /// A tiny guest that waits forever, with the sandbox API on (so a supervisor thread
@@ -171,4 +171,32 @@ fn an_unprivileged_user_with_access_to_dev_kvm_runs_a_vm_with_a_disk() {
         .run_as(RunAs::nobody())
         .run();
     out.assert_passed();
+}
+
+/// `--chroot DIR`: the kernel, the disk and /dev/kvm are found inside DIR, and a host path
+/// is not.
+#[test]
+fn with_chroot_every_path_is_inside_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("dev")).unwrap();
+    make_kvm_node(&root.join("dev/kvm"));
+    std::fs::copy(TINY_ELF, root.join("tiny.elf")).unwrap();
+    pattern_disk(root, "disk.img", 16);
+    Vmm::guest("/tiny.elf", "blk")
+        .drive("/disk.img")
+        .flag("--chroot", root)
+        .run()
+        .assert_passed();
+
+    Vmm::guest(TINY_ELF, "blk")
+        .flag("--chroot", root)
+        .run()
+        .assert_code(1)
+        .assert_stderr_mentions(TINY_ELF);
+    Vmm::guest(TINY_ELF, "blk")
+        .flag("--chroot", root.join("missing"))
+        .run()
+        .assert_code(1)
+        .assert_stderr_mentions("cannot change the root directory to");
 }

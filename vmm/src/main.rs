@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use vmm::cli;
 use vmm::config::{parse_drive_flag, DriveSpec, FileConfig, Overrides, VmConfig};
@@ -204,6 +205,10 @@ struct RunArgs {
     /// Write the readiness JSON line to this file descriptor instead of stdout.
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
+    /// Change the root directory to DIR before anything else: every path (the config
+    /// file, kernel, disks, sockets, /dev/kvm) is then inside DIR. Needs CAP_SYS_CHROOT.
+    #[arg(long, value_name = "DIR")]
+    chroot: Option<PathBuf>,
     #[command(flatten)]
     security: SecurityArgs,
 }
@@ -213,6 +218,10 @@ fn parse_drive(value: &str) -> Result<DriveSpec, String> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {
+    if let Some(dir) = &args.chroot {
+        vmm::privileges::chroot(dir)
+            .with_context(|| format!("cannot change the root directory to {}", dir.display()))?;
+    }
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
