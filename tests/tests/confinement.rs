@@ -200,3 +200,18 @@ fn with_chroot_every_path_is_inside_the_directory() {
         .assert_code(1)
         .assert_stderr_mentions("cannot change the root directory to");
 }
+
+/// `--seccomp log` turns the kill into a log line: the same incomplete policies that kill
+/// the vmm above leave it running.
+#[test]
+fn log_mode_lets_a_syscall_outside_the_filter_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = policy_without(dir.path(), "main", &["futex"]);
+    let mut vm = hanging_vm(dir.path())
+        .flag("--seccomp-filter", &policy)
+        .flag("--seccomp", "log")
+        .spawn();
+    assert!(confined_threads(&mut vm).iter().all(|s| s.1 == "2"));
+    vm.signal(libc::SIGTERM);
+    vm.wait_timeout(Duration::from_secs(5)).assert_code(143);
+}
