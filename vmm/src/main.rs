@@ -34,7 +34,8 @@ enum Command {
     ///
     /// Exit status: 0 when the guest resets or powers off; 1 when the VM cannot be set up
     /// (bad config, missing files, no KVM); 2 when the guest crashes (triple fault, KVM
-    /// internal error, kernel panic); 128+N when stopped by signal N (disks are flushed).
+    /// internal error, kernel panic); 128+N when stopped by signal N (disks are flushed);
+    /// 159 when SIGSYS killed it (a thread made a syscall outside its seccomp filter).
     Run(RunArgs),
     /// Report what this host can run: KVM, virtualization kind, measured guest speed, and
     /// whether Linux guests can boot here.
