@@ -73,7 +73,11 @@ fuzz_target!(|data: &[u8]| {
     match VmConfig::build(file, flags) {
         Ok(config) => {
             let cmdline = config.kernel_cmdline();
-            assert!(cmdline.len() < CMDLINE_MAX_SIZE, "command line of {} bytes", cmdline.len());
+            assert!(
+                cmdline.len() < CMDLINE_MAX_SIZE,
+                "command line of {} bytes",
+                cmdline.len()
+            );
             assert!(!cmdline.contains('\0'));
             assert!((1..=MAX_VCPUS).contains(&config.cpus));
             assert!(config.memory_mib >= MIN_MEMORY_MIB);

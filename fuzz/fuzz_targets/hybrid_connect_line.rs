@@ -36,7 +36,9 @@ fn expected(bytes: &[u8]) -> (LineStatus, usize) {
 fn check_parser(line: &[u8]) {
     if let Some(port) = parse_connect_line(line) {
         let digits = line.strip_suffix(b"\r").unwrap_or(line);
-        let digits = digits.strip_prefix(b"CONNECT ").expect("accepted without CONNECT");
+        let digits = digits
+            .strip_prefix(b"CONNECT ")
+            .expect("accepted without CONNECT");
         assert!(!digits.is_empty() && digits.iter().all(u8::is_ascii_digit));
         let canonical = format!("CONNECT {port}");
         assert_eq!(parse_connect_line(canonical.as_bytes()), Some(port));
@@ -53,12 +55,16 @@ fn check_reader(cuts: u8, bytes: &[u8]) {
     let mut status = LineStatus::Incomplete;
     while sent < bytes.len() && status == LineStatus::Incomplete {
         let n = sizes.next().unwrap_or(1).min(bytes.len() - sent);
-        client.write_all(&bytes[sent..sent + n]).expect("socketpair write");
+        client
+            .write_all(&bytes[sent..sent + n])
+            .expect("socketpair write");
         sent += n;
         status = pending.read_line();
     }
     if status == LineStatus::Incomplete {
-        client.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        client
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
         status = pending.read_line();
     }
     let (want, consumed) = expected(bytes);

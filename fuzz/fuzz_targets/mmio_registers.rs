@@ -165,7 +165,13 @@ impl<W: QueueWorker + MutEventSubscriber> Guest<W> {
                 let q = usize::from(r.u8());
                 let n = r.u8() % 4 + 1;
                 let chain: Vec<_> = (0..n)
-                    .map(|_| (u64::from(r.u32()) % MEM, r.u32() % 0x1_0000, r.u8() & 1 != 0))
+                    .map(|_| {
+                        (
+                            u64::from(r.u32()) % MEM,
+                            r.u32() % 0x1_0000,
+                            r.u8() & 1 != 0,
+                        )
+                    })
                     .collect();
                 if !self.rings.is_empty() {
                     let q = q % self.rings.len();

@@ -144,7 +144,10 @@ impl World {
                 .rx_bufs
                 .remove(&id)
                 .unwrap_or_else(|| panic!("rx id {id} not posted"));
-            assert!(len <= cap, "rx packet of {len} bytes in a {cap}-byte buffer");
+            assert!(
+                len <= cap,
+                "rx packet of {len} bytes in a {cap}-byte buffer"
+            );
             if len == 0 {
                 continue;
             }
@@ -225,7 +228,13 @@ impl World {
             1 => {
                 let n = r.u8() % 4 + 1;
                 let chain: Vec<_> = (0..n)
-                    .map(|_| (r.u64() % (MEM + 0x1000), r.u32() % 0x2_0000, r.u8() & 1 != 0))
+                    .map(|_| {
+                        (
+                            r.u64() % (MEM + 0x1000),
+                            r.u32() % 0x2_0000,
+                            r.u8() & 1 != 0,
+                        )
+                    })
                     .collect();
                 self.post_tx(&chain);
             }
