@@ -26,6 +26,8 @@ for t in "$@"; do
 		-max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 -print_final_stats=1 \
 		>"$log" 2>&1 || status=$?
 	execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+	# Killed without libFuzzer's final stats: its last progress line has the count.
+	[[ -n $execs ]] || execs=$(sed -n 's/^#\([0-9][0-9]*\)[[:space:]].*/\1/p' "$log" | tail -1)
 	secs_run=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
 	corpus=$(find "corpus/$t" "$scratch" -type f | wc -l)
 	if ((status == 0)); then

@@ -115,7 +115,7 @@ fn check_muxer(bytes: &[u8]) {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: vmm_fuzz::ignore_sigpipe(), |data: &[u8]| {
     let mut r = Reader::new(data);
     let cuts = r.u8();
     let bytes = r.rest();

@@ -195,7 +195,7 @@ impl<W: QueueWorker + MutEventSubscriber> Guest<W> {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: vmm_fuzz::ignore_sigpipe(), |data: &[u8]| {
     let mut r = Reader::new(data);
     let device = r.u8();
     let mem = guest_memory(MEM);

@@ -323,7 +323,7 @@ impl World {
     }
 }
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(init: vmm_fuzz::ignore_sigpipe(), |data: &[u8]| {
     let mut r = Reader::new(data);
     let mut world = World::new();
     for _ in 0..64 {

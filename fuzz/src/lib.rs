@@ -78,6 +78,15 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Ignores SIGPIPE, as the vmm binary does: Rust's runtime sets SIG_IGN before `main`, but
+/// a fuzz target starts in libFuzzer's `main`, where a write to a socket whose peer is gone
+/// would end the process instead of failing with EPIPE (which the device code handles).
+pub fn ignore_sigpipe() {
+    // SAFETY: installs the SIG_IGN disposition, no handler code; called once, before the
+    // fuzzer runs anything.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+}
+
 /// `size` bytes of zeroed guest memory at guest address 0.
 pub fn guest_memory(size: u64) -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)])
