@@ -28,11 +28,7 @@ const CHUNK: usize = 256 << 10;
 fn etc() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("vmm-fuzz-etc")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
+        let dir = vmm_fuzz::fixture_dir("agent_messages/etc");
         std::fs::write(
             dir.join("passwd"),
             "root:x:0:0:root:/root:/bin/bash\n\

@@ -16,15 +16,11 @@ use vmm::config::{
     parse_drive_flag, FileConfig, Overrides, VmConfig, MAX_VIRTIO_DEVICES, MIN_MEMORY_MIB,
 };
 
-/// A directory that lives as long as the process, with the files a config names.
+/// A directory with the files a config names.
 fn fixture() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("vmm-fuzz-config")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
+        let dir = vmm_fuzz::fixture_dir("config_toml");
         // An x86-64 ELF64 header is all the check reads of a kernel.
         let mut elf = vec![0u8; 0x210];
         elf[..5].copy_from_slice(b"\x7fELF\x02");

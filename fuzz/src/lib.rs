@@ -87,6 +87,16 @@ pub fn ignore_sigpipe() {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 }
 
+/// A directory for a target's fixture files, `fuzz/target/fixtures/<name>`: the same one
+/// for every run, so that runs leave nothing behind in /tmp.
+pub fn fixture_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/fixtures")
+        .join(name);
+    std::fs::create_dir_all(&dir).expect("cannot create the fixture directory");
+    dir
+}
+
 /// `size` bytes of zeroed guest memory at guest address 0.
 pub fn guest_memory(size: u64) -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)])
