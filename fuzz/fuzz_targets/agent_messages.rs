@@ -59,7 +59,7 @@ fn decode<M: Message + Default + PartialEq>(bytes: &[u8]) -> Option<M> {
 fn agent_exec_start(start: pb::ExecStart) {
     if let Ok(plan) = exec::plan(start, etc()) {
         let _ = exec::describe(&plan.argv);
-        assert!(plan.program.as_os_str().len() > 0);
+        assert!(!plan.program.as_os_str().is_empty());
         assert!(plan.cwd.is_absolute());
     }
 }
