@@ -122,7 +122,11 @@ impl World {
     /// What the device thread does on an rx kick or a host socket event.
     fn kick_rx(&mut self, host_event: bool) {
         if host_event {
-            self.muxer.process_events();
+            // The device's event loop calls again while the muxer's epoll fd is readable:
+            // a client accepted in one call has its CONNECT line read in the next.
+            for _ in 0..3 {
+                self.muxer.process_events();
+            }
         }
         let Some(handler) = self.handler.as_mut() else {
             return;
