@@ -12,6 +12,7 @@
 #   make demo       the loop-mount example in a real VM (inside the emulated KVM host
 #                   where Linux cannot boot directly; it says which)
 #   make demo-jail  the same example in the test jail
+#   make fuzz       every cargo-fuzz target for SECS seconds (default 60), one at a time
 
 CARGO ?= cargo
 # The guest agent: a static binary (glibc, crt-static) that goes into every rootfs.
@@ -25,7 +26,7 @@ TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs protobuf-compiler cpio kmod pytho
 
 include mk/images.mk
 
-.PHONY: all build deps lint test test-tier3 bench demo demo-jail clean agent
+.PHONY: all build deps lint test test-tier3 bench demo demo-jail clean agent fuzz fuzz-deps
 
 # The image needs the agent it runs.
 rootfs: agent
@@ -93,6 +94,18 @@ demo: deps agent kernel rootfs
 demo-jail: deps agent rootfs
 	$(CARGO) build --release -p vmm -p vmm-tests --bins
 	VMM_BIN=$(CURDIR)/target/release/vmm target/release/demo jail
+
+# Fuzzing (fuzz/, its own cargo workspace, nightly + cargo-fuzz): each target runs SECS
+# seconds on one core, after the other; a crash fails the run (see the README).
+SECS ?= 60
+FUZZ_TARGETS := blk_request vsock_packet hybrid_connect_line mmio_registers config_toml \
+	agent_messages
+
+fuzz-deps:
+	@mk/fuzz-deps.sh
+
+fuzz: deps fuzz-deps
+	mk/fuzz.sh $(SECS) $(FUZZ_TARGETS)
 
 clean:
 	$(CARGO) clean

@@ -1,7 +1,13 @@
 //! Protocols shared by the guest agent, the supervisor in `vmm` and the tests:
 //! [`pb`] (host <-> agent) and [`api`] (orchestrator <-> vmm), generated from agent/proto.
 
+// The server modules name this crate `agent::`, as the binary that uses them does.
+extern crate self as agent;
+
 pub mod connect;
+/// The `vmm-agent` binary's parts. In the library so that tests and fuzz targets reach the
+/// agent's request validation (exec plans, paths) without a running agent.
+pub mod server;
 pub mod socket;
 
 /// What a file that is not a regular file is, for error messages ("is a FIFO") of the

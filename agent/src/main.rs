@@ -1,9 +1,9 @@
 //! `vmm-agent`: the guest agent. PID 1 of a sandbox VM (or of the test jail), or a
 //! service under the image's own init; serves the `Agent` gRPC API to the supervisor.
 
-mod server;
-
 use std::process::ExitCode;
+
+use agent::server;
 
 use server::args::{Args, ArgsError, USAGE};
 use server::{init, logger, Exit};

@@ -21,7 +21,12 @@ use agent::pb::agent_client::AgentClient;
 use devices::bus::lock;
 use tonic::transport::Channel;
 
+/// What the supervisor does with a client's exec request before it reaches the agent, and
+/// the log that keeps an exec's output for re-attach: public for the fuzz targets.
+pub use exec_id::validate as validate_exec_id;
+pub use output::{Budget, OutputError, OutputLog};
 pub use server::ServeError;
+pub use service::summarize_argv;
 
 use crate::seccomp::{Filters, ThreadKind};
 use exec::Exec;

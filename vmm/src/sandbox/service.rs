@@ -112,7 +112,7 @@ impl SandboxService {
 const STATUS_ARGV_BYTES: usize = 1024;
 
 /// The argv as Status shows it: whole arguments up to `STATUS_ARGV_BYTES`, then "…".
-fn summarize_argv(argv: &[String]) -> Vec<String> {
+pub fn summarize_argv(argv: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     let mut used = 0;
     for arg in argv {

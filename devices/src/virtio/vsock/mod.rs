@@ -26,7 +26,11 @@ mod tests;
 
 pub use device::{Vsock, VsockConfig, VsockError};
 pub use handler::{VsockBackend, VsockHandler};
+/// The Unix-socket backend and the `CONNECT` line reader, public so that fuzz targets
+/// drive them without a device thread.
+pub use muxer::{Muxer, MuxerError};
 pub use packet::{PacketError, PacketHeader, RxBuffer, TxPacket};
+pub use uds::{parse_connect_line, LineStatus, PendingClient, CONNECT_LINE_MAX};
 
 /// The host's context ID; the guest's comes from the configuration.
 pub const HOST_CID: u64 = 2;
