@@ -206,6 +206,11 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
+        // A failed test shows what its guest said last (an RCU stall, an oops), which
+        // also lets tests/run-tier3 tell the emulated host's failures from ours.
+        if std::thread::panicking() && self.is_vm() {
+            eprintln!("the guest console ended with:\n{}", self.console_tail(60));
+        }
     }
 }
 
