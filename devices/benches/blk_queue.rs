@@ -109,7 +109,7 @@ fn device_run(path: &std::path::Path, write: bool, block: u32) -> f64 {
     let mut driver = Driver::new(mem.clone(), write, block);
     let mut handler = BlockHandler::new(mem, driver.queue());
     let file = File::options().read(true).write(true).open(path).unwrap();
-    let mut engine = RawFile::new(file).unwrap();
+    let engine = RawFile::new(file).unwrap();
     let id = [0u8; 20];
     let disk = DiskInfo {
         id: &id,
@@ -121,7 +121,7 @@ fn device_run(path: &std::path::Path, write: bool, block: u32) -> f64 {
         driver.publish(round as u64);
         let start = Instant::now();
         handler
-            .process_queue(&mut engine, &disk)
+            .process_queue(&engine, &disk)
             .expect("a well-formed queue");
         busy += start.elapsed().as_secs_f64();
     }

@@ -3,6 +3,7 @@
 //! vCPU threads and through `event-manager` by the device thread.
 
 pub mod bus;
+pub mod disk;
 pub mod legacy;
 pub mod owner_only;
 pub mod virtio;

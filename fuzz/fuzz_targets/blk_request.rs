@@ -68,14 +68,14 @@ fuzz_target!(|data: &[u8]| {
     let mut queue = ring.queue();
     queue.set_event_idx(flags & 2 != 0);
     let mut handler = BlockHandler::new(mem.clone(), queue);
-    let mut engine = RawFile::new(memfd_disk(DISK)).expect("memfd disk");
+    let engine = RawFile::new(memfd_disk(DISK)).expect("memfd disk");
     let id = *b"fuzz-disk\0\0\0\0\0\0\0\0\0\0\0";
     const _: () = assert!(DEVICE_ID_LEN == 20);
     let disk = DiskInfo {
         id: &id,
         read_only: flags & 1 != 0,
     };
-    let _ = handler.process_queue(&mut engine, &disk);
+    let _ = handler.process_queue(&engine, &disk);
     for (_, len) in ring.used() {
         // Data written plus the status byte: bounded by the request size limit.
         assert!(len <= (1 << 30) + 1, "used length {len}");

@@ -153,7 +153,7 @@ impl Block {
     }
 
     /// Puts every completed write on stable storage (used when the VM stops).
-    pub fn flush(&mut self) -> std::io::Result<()> {
+    pub fn flush(&self) -> std::io::Result<()> {
         self.engine.flush()
     }
 
@@ -165,7 +165,7 @@ impl Block {
             id: &self.id,
             read_only: self.read_only,
         };
-        match handler.process_queue(self.engine.as_mut(), &disk) {
+        match handler.process_queue(self.engine.as_ref(), &disk) {
             Ok(true) => self.interrupt.signal(INTERRUPT_USED_RING),
             Ok(false) => {}
             Err(e) => {
@@ -301,29 +301,35 @@ mod tests {
     /// A disk whose flush takes as long as the test wants: an fsync on a slow host disk.
     struct SlowFlush {
         entered: Sender<()>,
-        release: Receiver<()>,
+        release: std::sync::Mutex<Receiver<()>>,
     }
 
     impl DiskEngine for SlowFlush {
         fn size(&self) -> u64 {
             1 << 20
         }
-        fn read_at(&mut self, _: &VolatileSlice<'_>, _: u64) -> std::io::Result<()> {
+        fn read_at(&self, _: &VolatileSlice<'_>, _: u64) -> std::io::Result<()> {
             Ok(())
         }
-        fn write_at(&mut self, _: &VolatileSlice<'_>, _: u64) -> std::io::Result<()> {
+        fn write_at(&self, _: &VolatileSlice<'_>, _: u64) -> std::io::Result<()> {
             Ok(())
         }
-        fn flush(&mut self) -> std::io::Result<()> {
+        fn flush(&self) -> std::io::Result<()> {
             self.entered.send(()).unwrap();
-            self.release.recv().unwrap();
+            self.release.lock().unwrap().recv().unwrap();
             Ok(())
         }
-        fn discard(&mut self, _: u64, _: u64) -> std::io::Result<()> {
+        fn discard(&self, _: u64, _: u64) -> std::io::Result<()> {
             Ok(())
         }
-        fn write_zeroes(&mut self, _: u64, _: u64, _: bool) -> std::io::Result<()> {
+        fn write_zeroes(&self, _: u64, _: u64, _: bool) -> std::io::Result<()> {
             Ok(())
+        }
+        fn extent(&self, offset: u64) -> std::io::Result<crate::disk::Extent> {
+            Ok(crate::disk::Extent {
+                kind: crate::disk::ExtentKind::Data,
+                len: self.size() - offset,
+            })
         }
     }
 
@@ -335,7 +341,7 @@ mod tests {
         let (release, release_rx) = channel();
         let engine = SlowFlush {
             entered: entered_tx,
-            release: release_rx,
+            release: std::sync::Mutex::new(release_rx),
         };
         let block = Block::with_engine(Box::new(engine), false, "slow").unwrap();
         let (mut front, worker) = VirtioFront::new(block).unwrap();

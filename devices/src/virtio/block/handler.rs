@@ -41,7 +41,7 @@ impl BlockHandler {
     /// A broken avail ring is an error: the caller drops the queue.
     pub fn process_queue(
         &mut self,
-        engine: &mut dyn DiskEngine,
+        engine: &dyn DiskEngine,
         disk: &DiskInfo,
     ) -> Result<bool, QueueBroken> {
         loop {
@@ -75,7 +75,7 @@ impl BlockHandler {
     }
 
     /// Runs the chain in `self.descs`; returns the bytes written to guest memory.
-    fn complete_chain(&mut self, engine: &mut dyn DiskEngine, disk: &DiskInfo) -> u32 {
+    fn complete_chain(&mut self, engine: &dyn DiskEngine, disk: &DiskInfo) -> u32 {
         let parsed = self.request.parse(&self.descs, &self.mem, engine.size());
         let (status, data_written) = match parsed {
             Ok(()) => self.execute(engine, disk),
@@ -103,7 +103,7 @@ impl BlockHandler {
     }
 
     /// Returns the status and the number of data bytes written to guest memory.
-    fn execute(&mut self, engine: &mut dyn DiskEngine, disk: &DiskInfo) -> (u8, u32) {
+    fn execute(&mut self, engine: &dyn DiskEngine, disk: &DiskInfo) -> (u8, u32) {
         let req = &self.request;
         let Some(kind) = req.kind else {
             return (VIRTIO_BLK_S_IOERR, 0);
@@ -146,7 +146,7 @@ impl BlockHandler {
         }
     }
 
-    fn transfer(&self, engine: &mut dyn DiskEngine, read: bool) -> std::io::Result<()> {
+    fn transfer(&self, engine: &dyn DiskEngine, read: bool) -> std::io::Result<()> {
         let mut offset = self.request.offset;
         for &(addr, len) in &self.request.data {
             let slice = self
@@ -247,10 +247,10 @@ pub(crate) mod tests {
         let queue = MockSplitQueue::create(&s.mem, GuestAddress(0), QUEUE_LEN);
         post(&queue, chains, 0);
         let mut handler = BlockHandler::new(s.mem.clone(), queue.create_queue().unwrap());
-        let mut engine = RawFile::new(s.file.reopen().unwrap()).unwrap();
+        let engine = RawFile::new(s.file.reopen().unwrap()).unwrap();
         let id = *b"test-disk\0\0\0\0\0\0\0\0\0\0\0";
         let notify = handler
-            .process_queue(&mut engine, &DiskInfo { id: &id, read_only })
+            .process_queue(&engine, &DiskInfo { id: &id, read_only })
             .unwrap();
         assert!(notify);
         let used = queue.used();

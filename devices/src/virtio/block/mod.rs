@@ -2,12 +2,11 @@
 //! complete it. `device` is the transport-facing side, `handler` runs on the device thread.
 
 mod device;
-mod engine;
 mod handler;
 mod request;
 
+pub use crate::disk::{DiskEngine, RawFile};
 pub use device::{Block, BlockConfig, BlockError};
-pub use engine::{DiskEngine, RawFile};
 pub use handler::{BlockHandler, DiskInfo};
 pub use request::{ParseError, Request, RequestKind};
 

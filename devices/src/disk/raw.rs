@@ -1,5 +1,4 @@
-//! Disk engines: where a block device's bytes live. `RawFile` is a plain image file;
-//! copy-on-write layers implement the same trait.
+//! A raw image file: the disk's bytes at the same offsets in a file or block device.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
@@ -7,21 +6,7 @@ use std::os::fd::AsRawFd;
 
 use vm_memory::VolatileSlice;
 
-/// Storage behind a virtio-blk device. Offsets and lengths are already checked against
-/// `size()` by the request parser.
-pub trait DiskEngine: Send {
-    fn size(&self) -> u64;
-    /// Fills `buf` from the disk at `offset`.
-    fn read_at(&mut self, buf: &VolatileSlice<'_>, offset: u64) -> io::Result<()>;
-    /// Stores `buf` on the disk at `offset`.
-    fn write_at(&mut self, buf: &VolatileSlice<'_>, offset: u64) -> io::Result<()>;
-    /// Puts every completed write on stable storage.
-    fn flush(&mut self) -> io::Result<()>;
-    /// Releases the range's storage; it reads back as zeroes.
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()>;
-    /// Makes the range read as zeroes; with `unmap`, its storage may be released.
-    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
-}
+use super::{DiskEngine, Extent, ExtentKind};
 
 /// A raw image file, accessed with positional I/O straight into guest memory.
 pub struct RawFile {
@@ -54,6 +39,14 @@ impl RawFile {
         )
     }
 
+    /// lseek with SEEK_DATA or SEEK_HOLE. It moves the file offset, which positional I/O
+    /// never uses.
+    fn seek(&self, offset: libc::off_t, whence: i32) -> io::Result<u64> {
+        // SAFETY: lseek only takes integers; the fd is owned by `self.file`.
+        let ret = unsafe { libc::lseek(self.file.as_raw_fd(), offset, whence) };
+        u64::try_from(ret).map_err(|_| io::Error::last_os_error())
+    }
+
     fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {
         let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
@@ -67,7 +60,7 @@ impl RawFile {
         }
     }
 
-    fn write_zero_bytes(&mut self, mut offset: u64, len: u64) -> io::Result<()> {
+    fn write_zero_bytes(&self, mut offset: u64, len: u64) -> io::Result<()> {
         let zeroes = vec![0u8; len.min(1 << 20) as usize];
         let end = offset + len;
         while offset < end {
@@ -107,7 +100,7 @@ impl DiskEngine for RawFile {
         self.size
     }
 
-    fn read_at(&mut self, buf: &VolatileSlice<'_>, offset: u64) -> io::Result<()> {
+    fn read_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> io::Result<()> {
         let guard = buf.ptr_guard_mut();
         let fd = self.file.as_raw_fd();
         positional_loop(buf.len(), offset, |done, off| {
@@ -124,7 +117,7 @@ impl DiskEngine for RawFile {
         })
     }
 
-    fn write_at(&mut self, buf: &VolatileSlice<'_>, offset: u64) -> io::Result<()> {
+    fn write_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> io::Result<()> {
         let guard = buf.ptr_guard();
         let fd = self.file.as_raw_fd();
         positional_loop(buf.len(), offset, |done, off| {
@@ -140,11 +133,11 @@ impl DiskEngine for RawFile {
         })
     }
 
-    fn flush(&mut self) -> io::Result<()> {
+    fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
 
-    fn discard(&mut self, offset: u64, len: u64) -> io::Result<()> {
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         match self.punch_hole(offset, len) {
             // Discard is advisory: a filesystem without hole punching keeps the data.
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
@@ -154,7 +147,7 @@ impl DiskEngine for RawFile {
 
     /// Punches a hole when allowed to unmap, else zeroes the range in place; writes the
     /// zeroes only where the filesystem can do neither (the request parser bounds that).
-    fn write_zeroes(&mut self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
         let unsupported =
             |r: &io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP));
         let mut result = if unmap {
@@ -169,6 +162,34 @@ impl DiskEngine for RawFile {
             result = self.write_zero_bytes(offset, len);
         }
         result
+    }
+
+    /// From SEEK_DATA and SEEK_HOLE; a file or device that cannot tell is all data.
+    fn extent(&self, offset: u64) -> io::Result<Extent> {
+        let remaining = self.size.saturating_sub(offset);
+        let data = |len: u64| Extent {
+            kind: ExtentKind::Data,
+            len,
+        };
+        let Ok(start) = libc::off_t::try_from(offset) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        match self.seek(start, libc::SEEK_DATA) {
+            // ENXIO: no data at or after `offset`.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(Extent {
+                kind: ExtentKind::Zero,
+                len: remaining,
+            }),
+            Err(_) => Ok(data(remaining)),
+            Ok(next_data) if next_data > offset => Ok(Extent {
+                kind: ExtentKind::Zero,
+                len: (next_data - offset).min(remaining),
+            }),
+            Ok(_) => match self.seek(start, libc::SEEK_HOLE) {
+                Ok(hole) if hole > offset => Ok(data((hole - offset).min(remaining))),
+                _ => Ok(data(remaining)),
+            },
+        }
     }
 }
 
@@ -189,7 +210,7 @@ mod tests {
 
     #[test]
     fn reads_and_writes_go_straight_to_guest_memory() {
-        let (f, mut raw) = image(&[7u8; 8192]);
+        let (f, raw) = image(&[7u8; 8192]);
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let slice = mem.get_slice(GuestAddress(0x1000), 4096).unwrap();
         raw.read_at(&slice, 4096).unwrap();
@@ -209,7 +230,7 @@ mod tests {
 
     #[test]
     fn reading_past_the_end_fails() {
-        let (_f, mut raw) = image(&[0u8; 512]);
+        let (_f, raw) = image(&[0u8; 512]);
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let slice = mem.get_slice(GuestAddress(0), 1024).unwrap();
         assert!(raw.read_at(&slice, 0).is_err());
@@ -217,7 +238,7 @@ mod tests {
 
     #[test]
     fn discard_punches_holes() {
-        let (f, mut raw) = image(&vec![0xaa; 1 << 20]);
+        let (f, raw) = image(&vec![0xaa; 1 << 20]);
         let before = std::fs::metadata(f.path()).unwrap().blocks();
         raw.discard(0, 512 * 1024).unwrap();
         raw.write_zeroes(512 * 1024, 4096, true).unwrap();
@@ -230,8 +251,28 @@ mod tests {
     }
 
     #[test]
+    fn extents_follow_the_files_holes() {
+        let (_f, raw) = image(&vec![0xaa; 1 << 20]);
+        raw.discard(256 * 1024, 256 * 1024).unwrap();
+        let data = |len| Extent {
+            kind: ExtentKind::Data,
+            len,
+        };
+        assert_eq!(raw.extent(0).unwrap(), data(256 * 1024));
+        assert_eq!(raw.extent(4096).unwrap(), data(252 * 1024));
+        assert_eq!(
+            raw.extent(256 * 1024).unwrap(),
+            Extent {
+                kind: ExtentKind::Zero,
+                len: 256 * 1024
+            }
+        );
+        assert_eq!(raw.extent(512 * 1024).unwrap(), data(512 * 1024));
+    }
+
+    #[test]
     fn write_zeroes_without_unmap_keeps_the_range_allocated() {
-        let (f, mut raw) = image(&vec![0xaa; 1 << 20]);
+        let (f, raw) = image(&vec![0xaa; 1 << 20]);
         let before = std::fs::metadata(f.path()).unwrap().blocks();
         raw.write_zeroes(0, 512 * 1024, false).unwrap();
         assert_eq!(std::fs::metadata(f.path()).unwrap().blocks(), before);
