@@ -1,17 +1,36 @@
 //! Disk engines: where a block device's bytes live. `RawFile` is a plain image file;
-//! copy-on-write formats implement the same trait.
+//! `qcow2::Qcow2Image` a copy-on-write overlay with its backing chain (`Layer`s).
+//! `open_image` opens either, detected by magic, with the whole chain.
 //!
 //! Every operation takes `&self` and an explicit offset (positional I/O), so one engine
 //! can be shared by the device thread and whoever inspects or snapshots the disk; an
 //! engine with metadata (qcow2) keeps its own locking inside.
+//!
+//! Files: `raw`, `qcow2/`, `layer` (read-only chain layers), `chain` (opening chains),
+//! `image` (formats, `open_image`, `image_info`), `storage` (file I/O trait, locks),
+//! `error`.
 
+mod chain;
+mod error;
+mod image;
+mod layer;
+pub mod qcow2;
 mod raw;
+mod storage;
 
 use std::io;
 
 use vm_memory::VolatileSlice;
 
+pub use chain::MAX_LAYERS;
+pub use error::ImageError;
+pub use image::{
+    detect_format, image_info, open_image, open_image_as, DiskImage, ImageFormat, LayerInfo,
+};
+pub use layer::Layer;
+pub use qcow2::Qcow2Image;
 pub use raw::RawFile;
+pub(crate) use storage::lock_image;
 
 /// Storage behind a virtio-blk device. Offsets and lengths are already checked against
 /// `size()` by the request parser.
@@ -37,9 +56,11 @@ pub trait DiskEngine: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
     pub kind: ExtentKind,
+    /// Bytes from the queried offset on.
     pub len: u64,
 }
 
+/// Whether an extent holds data or reads as zeroes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExtentKind {
     /// Stored data (which may happen to be zeroes).

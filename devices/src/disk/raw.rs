@@ -6,6 +6,9 @@ use std::os::fd::AsRawFd;
 
 use vm_memory::VolatileSlice;
 
+use super::storage::{
+    fallocate, pread_volatile, pwrite_volatile, unsupported, write_zero_bytes,
+};
 use super::{DiskEngine, Extent, ExtentKind};
 
 /// A raw image file, accessed with positional I/O straight into guest memory.
@@ -23,7 +26,8 @@ impl RawFile {
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.fallocate(
+        fallocate(
+            &self.file,
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             offset,
             len,
@@ -32,7 +36,8 @@ impl RawFile {
 
     /// Zeroes the range and keeps it allocated.
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.fallocate(
+        fallocate(
+            &self.file,
             libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
             offset,
             len,
@@ -46,53 +51,6 @@ impl RawFile {
         let ret = unsafe { libc::lseek(self.file.as_raw_fd(), offset, whence) };
         u64::try_from(ret).map_err(|_| io::Error::last_os_error())
     }
-
-    fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-        let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        };
-        // SAFETY: fallocate only takes integers; the fd is owned by `self.file`.
-        let ret = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, len) };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    fn write_zero_bytes(&self, mut offset: u64, len: u64) -> io::Result<()> {
-        let zeroes = vec![0u8; len.min(1 << 20) as usize];
-        let end = offset + len;
-        while offset < end {
-            let n = (end - offset).min(zeroes.len() as u64) as usize;
-            std::os::unix::fs::FileExt::write_all_at(&self.file, &zeroes[..n], offset)?;
-            offset += n as u64;
-        }
-        Ok(())
-    }
-}
-
-/// Runs a positional syscall until `len` bytes are done, retrying on EINTR.
-fn positional_loop(
-    len: usize,
-    offset: u64,
-    mut op: impl FnMut(usize, u64) -> isize,
-) -> io::Result<()> {
-    let mut done = 0usize;
-    while done < len {
-        let ret = op(done, offset + done as u64);
-        match ret {
-            0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-            n if n > 0 => done += n as usize,
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 impl DiskEngine for RawFile {
@@ -101,36 +59,14 @@ impl DiskEngine for RawFile {
     }
 
     fn read_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> io::Result<()> {
-        let guard = buf.ptr_guard_mut();
-        let fd = self.file.as_raw_fd();
-        positional_loop(buf.len(), offset, |done, off| {
-            // SAFETY: `guard` keeps the guest memory mapped; [done, len) lies inside the
-            // slice, which vm-memory bounds-checked against the guest's regions.
-            unsafe {
-                libc::pread(
-                    fd,
-                    guard.as_ptr().add(done).cast(),
-                    buf.len() - done,
-                    off as libc::off_t,
-                )
-            }
-        })
+        if pread_volatile(self.file.as_raw_fd(), buf, offset)? < buf.len() {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        Ok(())
     }
 
     fn write_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> io::Result<()> {
-        let guard = buf.ptr_guard();
-        let fd = self.file.as_raw_fd();
-        positional_loop(buf.len(), offset, |done, off| {
-            // SAFETY: as in `read_at`; pwrite only reads the slice.
-            unsafe {
-                libc::pwrite(
-                    fd,
-                    guard.as_ptr().add(done).cast(),
-                    buf.len() - done,
-                    off as libc::off_t,
-                )
-            }
-        })
+        pwrite_volatile(self.file.as_raw_fd(), buf, offset)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -140,7 +76,7 @@ impl DiskEngine for RawFile {
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         match self.punch_hole(offset, len) {
             // Discard is advisory: a filesystem without hole punching keeps the data.
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            Err(e) if unsupported(&e) => Ok(()),
             other => other,
         }
     }
@@ -148,18 +84,17 @@ impl DiskEngine for RawFile {
     /// Punches a hole when allowed to unmap, else zeroes the range in place; writes the
     /// zeroes only where the filesystem can do neither (the request parser bounds that).
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
-        let unsupported =
-            |r: &io::Result<()>| matches!(r, Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP));
+        let refused = |r: &io::Result<()>| matches!(r, Err(e) if unsupported(e));
         let mut result = if unmap {
             self.punch_hole(offset, len)
         } else {
             Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
         };
-        if unsupported(&result) {
+        if refused(&result) {
             result = self.zero_range(offset, len);
         }
-        if unsupported(&result) {
-            result = self.write_zero_bytes(offset, len);
+        if refused(&result) {
+            result = write_zero_bytes(&self.file, offset, len);
         }
         result
     }

@@ -16,6 +16,7 @@ use super::request::{
     MAX_WRITE_ZEROES_RANGES, MAX_WRITE_ZEROES_SECTORS,
 };
 use super::{DiskEngine, RawFile, DEVICE_ID_LEN, SECTOR_SIZE};
+use crate::disk::lock_image;
 use crate::virtio::{
     ActivateError, Activation, Interrupt, QueueWorker, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1,
 };
@@ -184,24 +185,6 @@ impl Block {
         String::from_utf8_lossy(&self.id)
             .trim_end_matches('\0')
             .to_string()
-    }
-}
-
-/// An exclusive lock for a writable image, a shared one for a read-only image (flock:
-/// per open file, so the same file as two drives of one VM conflicts too). Two writers,
-/// or a writer and a reader, would corrupt each other's view of the filesystem.
-fn lock_image(file: &std::fs::File, read_only: bool) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mode = if read_only {
-        libc::LOCK_SH
-    } else {
-        libc::LOCK_EX
-    };
-    // SAFETY: flock only takes the descriptor, owned by `file`, and flags.
-    if unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
