@@ -20,10 +20,7 @@ pub const MAX_LAYERS: usize = 16;
 
 /// The top image of a chain, opened.
 pub(crate) enum Top {
-    Raw {
-        file: RawFile,
-        allocated: u64,
-    },
+    Raw { file: RawFile, allocated: u64 },
     Qcow2(Qcow2File),
 }
 
@@ -48,7 +45,10 @@ fn locked(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
 /// Where a backing name points: absolute as is, relative to the naming image's folder.
 pub(crate) fn resolve(parent: &Path, name: &str) -> Result<PathBuf, ImageError> {
     // QEMU's rule: a ':' before any '/' names a protocol (nbd:, json:, ...).
-    if name.find([':', '/']).is_some_and(|i| name.as_bytes()[i] == b':') {
+    if name
+        .find([':', '/'])
+        .is_some_and(|i| name.as_bytes()[i] == b':')
+    {
         return Err(ImageError::unsupported(
             parent,
             format!("its backing file {name:?} is not a local file"),
@@ -157,31 +157,7 @@ impl<'a> ChainOpener<'a> {
             backing: path.clone(),
             source,
         })?;
-        let (id, allocated) = file_id(&file, &path)?;
-        if self.seen.contains(&id) {
-            return Err(ImageError::Cycle {
-                path: self.top.to_path_buf(),
-                backing: path,
-            });
-        }
-        self.seen.push(id);
-        if self.lock {
-            lock_image(&file, true).map_err(locked(&path))?;
-        }
-        let format = match format {
-            Some(f) => f,
-            None => detect_format(&file).map_err(|e| ImageError::io(&path, e))?,
-        };
-        let layer = match format {
-            ImageFormat::Raw => {
-                let raw = RawFile::new(file).map_err(|e| ImageError::io(&path, e))?;
-                Layer::raw(&path, raw, id, allocated)
-            }
-            ImageFormat::Qcow2 => {
-                let q = self.qcow2(&path, file, id, false, depth)?;
-                Layer::qcow2(Arc::new(q), id)
-            }
-        };
+        let layer = self.layer(&path, file, format, depth)?;
         if layer.size() != size {
             return Err(ImageError::SizeMismatch {
                 path: parent.to_path_buf(),
@@ -192,6 +168,55 @@ impl<'a> ChainOpener<'a> {
         }
         Ok(layer)
     }
+
+    /// Opens layer number `depth` read-only from `file`, with what is below it.
+    fn layer(
+        &mut self,
+        path: &Path,
+        file: File,
+        format: Option<ImageFormat>,
+        depth: usize,
+    ) -> Result<Arc<Layer>, ImageError> {
+        let (id, allocated) = file_id(&file, path)?;
+        if self.seen.contains(&id) {
+            return Err(ImageError::Cycle {
+                path: self.top.to_path_buf(),
+                backing: path.to_path_buf(),
+            });
+        }
+        self.seen.push(id);
+        if self.lock {
+            lock_image(&file, true).map_err(locked(path))?;
+        }
+        let format = match format {
+            Some(f) => f,
+            None => detect_format(&file).map_err(|e| ImageError::io(path, e))?,
+        };
+        Ok(match format {
+            ImageFormat::Raw => {
+                let raw = RawFile::new(file).map_err(|e| ImageError::io(path, e))?;
+                Layer::raw(path, raw, id, allocated)
+            }
+            ImageFormat::Qcow2 => {
+                let q = self.qcow2(path, file, id, false, depth)?;
+                Layer::qcow2(Arc::new(q), id)
+            }
+        })
+    }
+}
+
+/// Opens the image at `path` with its chain as one read-only layer (shared locks).
+pub(crate) fn open_layer(path: &Path) -> Result<Arc<Layer>, ImageError> {
+    let file = File::open(path).map_err(|source| ImageError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut opener = ChainOpener {
+        top: path,
+        lock: true,
+        seen: Vec::new(),
+    };
+    opener.layer(path, file, None, 0)
 }
 
 /// Opens the new overlay at `path` (created naming `backing`'s file as its backing file)
@@ -221,7 +246,10 @@ pub(crate) fn open_on(path: &Path, backing: Arc<Layer>) -> Result<Qcow2File, Ima
         named,
         layer: backing.path().to_path_buf(),
     };
-    let name = h.backing.as_deref().ok_or_else(|| mismatch(PathBuf::from("nothing")))?;
+    let name = h
+        .backing
+        .as_deref()
+        .ok_or_else(|| mismatch(PathBuf::from("nothing")))?;
     let named = resolve(path, name)?;
     let named_id = std::fs::metadata(&named).map(|m| (m.dev(), m.ino()));
     if named_id.ok() != Some(backing.id()) {

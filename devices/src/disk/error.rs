@@ -50,7 +50,9 @@ pub enum ImageError {
     ChainTooDeep { path: PathBuf, limit: usize },
     #[error("the backing chain of disk image {path} loops: {backing} is already part of it")]
     Cycle { path: PathBuf, backing: PathBuf },
-    #[error("disk image {path} is {size} bytes but its backing file {backing} is {backing_size} bytes")]
+    #[error(
+        "disk image {path} is {size} bytes but its backing file {backing} is {backing_size} bytes"
+    )]
     SizeMismatch {
         path: PathBuf,
         size: u64,

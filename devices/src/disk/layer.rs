@@ -65,9 +65,14 @@ impl Owners {
 
     fn slot(&self, offset: u64) -> Option<&AtomicU8> {
         let granule = offset >> self.granule_bits?;
-        let chunk = self.chunks.get((granule >> CHUNK_BITS) as usize)?.get_or_init(|| {
-            (0..1 << CHUNK_BITS).map(|_| AtomicU8::new(UNKNOWN)).collect()
-        });
+        let chunk = self
+            .chunks
+            .get((granule >> CHUNK_BITS) as usize)?
+            .get_or_init(|| {
+                (0..1 << CHUNK_BITS)
+                    .map(|_| AtomicU8::new(UNKNOWN))
+                    .collect()
+            });
         chunk.get((granule & ((1 << CHUNK_BITS) - 1)) as usize)
     }
 }
@@ -103,6 +108,12 @@ impl Layer {
             raw_allocated: 0,
             lower,
         })
+    }
+
+    /// Opens the image at `path` (raw or qcow2, detected) and its chain as a read-only
+    /// layer, with shared locks: the base for new overlays ([`super::Qcow2Image::open_on`]).
+    pub fn open(path: &Path) -> Result<Arc<Self>, super::ImageError> {
+        super::chain::open_layer(path)
     }
 
     /// The file's path, as the chain named it (relative names resolved).

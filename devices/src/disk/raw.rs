@@ -6,9 +6,7 @@ use std::os::fd::AsRawFd;
 
 use vm_memory::VolatileSlice;
 
-use super::storage::{
-    fallocate, pread_volatile, pwrite_volatile, unsupported, write_zero_bytes,
-};
+use super::storage::{fallocate, pread_volatile, pwrite_volatile, unsupported, write_zero_bytes};
 use super::{DiskEngine, Extent, ExtentKind};
 
 /// A raw image file, accessed with positional I/O straight into guest memory.

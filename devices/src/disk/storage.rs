@@ -207,7 +207,7 @@ pub(crate) mod mem {
     //! An image in memory that logs every write and sync, so a test can rebuild the
     //! file as a crash after any write would have left it.
     use super::*;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     #[derive(Debug, Clone)]
     pub enum LogOp {
@@ -221,15 +221,16 @@ pub(crate) mod mem {
         pub log: Vec<LogOp>,
     }
 
-    #[derive(Default)]
-    pub struct MemStorage(pub Mutex<MemState>);
+    /// A handle: clones share the image.
+    #[derive(Default, Clone)]
+    pub struct MemStorage(pub Arc<Mutex<MemState>>);
 
     impl MemStorage {
         pub fn new(data: Vec<u8>) -> Self {
-            Self(Mutex::new(MemState {
+            Self(Arc::new(Mutex::new(MemState {
                 data,
                 log: Vec::new(),
-            }))
+            })))
         }
 
         fn write(&self, offset: u64, bytes: Vec<u8>) {
@@ -243,7 +244,7 @@ pub(crate) mod mem {
         }
     }
 
-    /// The file after the first `n` logged operations, from `initial`.
+    /// The file after the logged operations `log`, from `initial`.
     pub fn replay(initial: &[u8], log: &[LogOp]) -> Vec<u8> {
         let mut data = initial.to_vec();
         for op in log {

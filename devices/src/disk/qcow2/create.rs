@@ -5,7 +5,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::header::{NewLayout, MAX_CLUSTER_BITS, MAX_L1_BYTES, MAX_REFTABLE_BYTES, MIN_CLUSTER_BITS};
+use super::header::{
+    NewLayout, MAX_CLUSTER_BITS, MAX_L1_BYTES, MAX_REFTABLE_BYTES, MIN_CLUSTER_BITS,
+};
 use crate::disk::{ImageError, ImageFormat};
 
 /// Creates an empty qcow2 v3 image at `path` (which must not exist): `virtual_size`
@@ -24,7 +26,9 @@ pub fn create(
         reason,
     };
     if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
-        return Err(bad(format!("cluster_bits {cluster_bits} is outside 9..=21")));
+        return Err(bad(format!(
+            "cluster_bits {cluster_bits} is outside 9..=21"
+        )));
     }
     if virtual_size == 0 || virtual_size % 512 != 0 {
         return Err(bad(format!(

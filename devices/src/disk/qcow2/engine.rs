@@ -22,8 +22,9 @@ use crate::disk::storage::{fill_zeroes, to_io, Storage};
 use crate::disk::{DiskEngine, Extent, ExtentKind, ImageError};
 
 /// Bytes of L2 tables one image may cache (a 64 KiB-cluster image: 256 GiB mapped).
-const L2_CACHE_BYTES: u64 = 32 << 20;
-const MIN_L2_CACHE_TABLES: u64 = 16;
+/// Tests cache 3 tables, so that evictions and their write-backs happen all the time.
+const L2_CACHE_BYTES: u64 = if cfg!(test) { 0 } else { 32 << 20 };
+const MIN_L2_CACHE_TABLES: u64 = if cfg!(test) { 3 } else { 16 };
 
 /// How a run of guest bytes is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +53,10 @@ pub(crate) struct Qcow2File {
 }
 
 pub(crate) fn bad_range() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "request beyond the end of the disk")
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "request beyond the end of the disk",
+    )
 }
 
 impl Qcow2File {
@@ -156,9 +160,14 @@ impl Qcow2File {
     ) -> io::Result<(Run, u64)> {
         let (bits, mask) = (self.geo.cluster_bits, self.geo.cluster_mask());
         let classify = |c: Cluster, guest: u64| match (c, write) {
-            (Cluster::Data { offset, copied: true }, _) | (Cluster::Data { offset, .. }, false) => {
-                Run::Data(offset + (guest & mask))
-            }
+            (
+                Cluster::Data {
+                    offset,
+                    copied: true,
+                },
+                _,
+            )
+            | (Cluster::Data { offset, .. }, false) => Run::Data(offset + (guest & mask)),
             (_, true) => Run::Slow,
             (Cluster::Zero | Cluster::ZeroAlloc { .. }, false) => Run::Zero,
             (Cluster::Unallocated, false) => Run::Below,
@@ -214,11 +223,13 @@ impl Qcow2File {
     /// Data, zero or below for guest cluster of `offset`, as `extent` reports it.
     pub(crate) fn owner(&self, offset: u64) -> io::Result<Run> {
         let mut meta = self.meta()?;
-        Ok(match meta.lookup(&*self.file, offset >> self.geo.cluster_bits)? {
-            Cluster::Data { .. } => Run::Data(0),
-            Cluster::Zero | Cluster::ZeroAlloc { .. } => Run::Zero,
-            Cluster::Unallocated => Run::Below,
-        })
+        Ok(
+            match meta.lookup(&*self.file, offset >> self.geo.cluster_bits)? {
+                Cluster::Data { .. } => Run::Data(0),
+                Cluster::Zero | Cluster::ZeroAlloc { .. } => Run::Zero,
+                Cluster::Unallocated => Run::Below,
+            },
+        )
     }
 
     /// The extent at `offset` through this file and its backing chain. Scans at most
@@ -298,11 +309,11 @@ impl Drop for Qcow2File {
             return;
         };
         if meta.writable && meta.is_dirty() {
-            if let Err(e) = meta
-                .writeback(&*self.file)
-                .and_then(|()| self.file.sync())
-            {
-                log::warn!("qcow2 {}: metadata not written back: {e}", self.path.display());
+            if let Err(e) = meta.writeback(&*self.file).and_then(|()| self.file.sync()) {
+                log::warn!(
+                    "qcow2 {}: metadata not written back: {e}",
+                    self.path.display()
+                );
             }
         }
     }

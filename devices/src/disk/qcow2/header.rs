@@ -124,7 +124,9 @@ impl Header {
                 || header_len % 8 != 0
                 || u64::from(header_len) > cluster_size)
         {
-            return Err(corrupt(format!("its header length {header_len} is invalid")));
+            return Err(corrupt(format!(
+                "its header length {header_len} is invalid"
+            )));
         }
         if header_len as usize > buf.len() {
             return Err(corrupt("its qcow2 header is truncated".into()));
@@ -181,7 +183,10 @@ impl Header {
         let aligned = |off: u64| off % cluster_size == 0;
         let inside = |off: u64, len: u64| off.checked_add(len).is_some_and(|end| end <= file_len);
         if self.size > MAX_VIRTUAL_SIZE {
-            return Err(corrupt(format!("its virtual size {} is too large", self.size)));
+            return Err(corrupt(format!(
+                "its virtual size {} is too large",
+                self.size
+            )));
         }
         let needed = l1_entries_for(self.size, self.cluster_bits);
         if u64::from(self.l1_size) < needed {
@@ -192,7 +197,9 @@ impl Header {
         }
         let l1_bytes = u64::from(self.l1_size) * 8;
         if l1_bytes > MAX_L1_BYTES {
-            return Err(corrupt(format!("its L1 table of {l1_bytes} bytes is too large")));
+            return Err(corrupt(format!(
+                "its L1 table of {l1_bytes} bytes is too large"
+            )));
         }
         if self.l1_size > 0
             && (self.l1_table_offset == 0
@@ -287,7 +294,11 @@ impl Extensions {
     }
 
     fn feature_name(&self, bit: u8) -> String {
-        match self.feature_names.iter().find(|(t, b, _)| *t == 0 && *b == bit) {
+        match self
+            .feature_names
+            .iter()
+            .find(|(t, b, _)| *t == 0 && *b == bit)
+        {
             Some((_, _, name)) => format!("'{name}' (bit {bit})"),
             None => format!("bit {bit}"),
         }
@@ -462,7 +473,11 @@ mod tests {
     #[test]
     fn backing_names_that_do_not_fit_the_first_cluster_are_refused() {
         let l = NewLayout::new(1 << 20, 9);
-        assert!(l.header(1 << 20, 9, Some((&"a".repeat(300), "raw"))).is_some());
-        assert!(l.header(1 << 20, 9, Some((&"a".repeat(400), "raw"))).is_none());
+        assert!(l
+            .header(1 << 20, 9, Some((&"a".repeat(300), "raw")))
+            .is_some());
+        assert!(l
+            .header(1 << 20, 9, Some((&"a".repeat(400), "raw")))
+            .is_none());
     }
 }

@@ -88,20 +88,19 @@ pub(crate) fn scan(
             .map_err(|e| ImageError::io(path, e))?;
         let entries = decode_table(&bytes);
         for (j, &raw) in entries.iter().enumerate() {
-            let cluster = match Cluster::decode(raw, mask, h.version == 3) {
-                Ok(c) => c,
-                Err("compressed") => {
-                    return Err(ImageError::unsupported(
+            let cluster =
+                match Cluster::decode(raw, mask, h.version == 3) {
+                    Ok(c) => c,
+                    Err("compressed") => return Err(ImageError::unsupported(
                         path,
                         "it has compressed clusters; expand them with `qemu-img convert -O qcow2`",
-                    ))
-                }
-                Err(e) => {
-                    return Err(corrupt(format!(
-                        "entry {j} of its L2 table at {offset:#x} is invalid: {e}"
-                    )))
-                }
-            };
+                    )),
+                    Err(e) => {
+                        return Err(corrupt(format!(
+                            "entry {j} of its L2 table at {offset:#x} is invalid: {e}"
+                        )))
+                    }
+                };
             let Some(data) = cluster.storage() else {
                 continue;
             };

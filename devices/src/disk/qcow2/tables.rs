@@ -18,8 +18,14 @@ pub(crate) enum Cluster {
     /// Reads as zeroes, no storage.
     Zero,
     /// Reads as zeroes; the storage at `offset` stays allocated for a later write.
-    ZeroAlloc { offset: u64, copied: bool },
-    Data { offset: u64, copied: bool },
+    ZeroAlloc {
+        offset: u64,
+        copied: bool,
+    },
+    Data {
+        offset: u64,
+        copied: bool,
+    },
 }
 
 impl Cluster {
@@ -223,7 +229,10 @@ mod tests {
         }
         assert!(Cluster::decode(1 << 62, mask, true).is_err());
         assert!(Cluster::decode(0x10200, mask, true).is_err(), "unaligned");
-        assert!(Cluster::decode(1, mask, false).is_err(), "no zero flag in v2");
+        assert!(
+            Cluster::decode(1, mask, false).is_err(),
+            "no zero flag in v2"
+        );
         assert!(Cluster::decode(1 << 57, mask, true).is_err(), "reserved");
         assert_eq!(decode_l1(0x20000 | COPIED, mask), Ok(Some(0x20000)));
         assert!(decode_l1(0x20001, mask).is_err());
