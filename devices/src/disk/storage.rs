@@ -235,28 +235,21 @@ pub(crate) mod mem {
 
         fn write(&self, offset: u64, bytes: Vec<u8>) {
             let mut s = self.0.lock().unwrap();
-            let end = offset as usize + bytes.len();
-            if s.data.len() < end {
-                s.data.resize(end, 0);
-            }
-            s.data[offset as usize..end].copy_from_slice(&bytes);
-            s.log.push(LogOp::Write(offset, bytes));
+            let op = LogOp::Write(offset, bytes);
+            apply(&mut s.data, &op);
+            s.log.push(op);
         }
     }
 
-    /// The file after the logged operations `log`, from `initial`.
-    pub fn replay(initial: &[u8], log: &[LogOp]) -> Vec<u8> {
-        let mut data = initial.to_vec();
-        for op in log {
-            if let LogOp::Write(off, bytes) = op {
-                let end = *off as usize + bytes.len();
-                if data.len() < end {
-                    data.resize(end, 0);
-                }
-                data[*off as usize..end].copy_from_slice(bytes);
+    /// Applies a logged write to a copy of the file (a sync changes nothing).
+    pub fn apply(data: &mut Vec<u8>, op: &LogOp) {
+        if let LogOp::Write(off, bytes) = op {
+            let end = *off as usize + bytes.len();
+            if data.len() < end {
+                data.resize(end, 0);
             }
+            data[*off as usize..end].copy_from_slice(bytes);
         }
-        data
     }
 
     impl Storage for MemStorage {
