@@ -45,6 +45,9 @@ struct Owners {
 const UNKNOWN: u8 = 0;
 const ZERO: u8 = 1;
 const CHUNK_BITS: u32 = 16;
+/// Granules past 2^32 (2 TiB of 512-byte granules) are looked up every time: a huge
+/// virtual size must not cost memory up front.
+const MAX_CHUNKS: u64 = 1 << 16;
 
 /// Who serves a granule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,7 @@ enum Owner {
 impl Owners {
     fn new(size: u64, granule_bits: Option<u32>) -> Self {
         let chunks = granule_bits.map_or(0, |g| size.div_ceil(1 << g).div_ceil(1 << CHUNK_BITS));
+        let chunks = chunks.min(MAX_CHUNKS);
         Self {
             granule_bits,
             chunks: (0..chunks).map(|_| OnceLock::new()).collect(),
