@@ -151,7 +151,8 @@ impl Qcow2File {
             let mut bounce = std::mem::take(&mut meta.bounce);
             bounce.resize(cs as usize, 0);
             let result = self.fill(old, start, &mut bounce[..cluster_len as usize], within, src);
-            let result = result.and_then(|()| file.write_all_at(&bounce[..cluster_len as usize], target));
+            let result =
+                result.and_then(|()| file.write_all_at(&bounce[..cluster_len as usize], target));
             meta.bounce = bounce;
             result?;
         }

@@ -59,49 +59,153 @@ const DAMAGE: &[(&str, Damage, &str)] = &[
     ("version 4", |b, _| put32(b, 4, 4), "version 4"),
     ("cluster_bits 8", |b, _| put32(b, 20, 8), "cluster_bits"),
     ("cluster_bits 40", |b, _| put32(b, 20, 40), "cluster_bits"),
-    ("header length 100", |b, _| put32(b, 100, 100), "header length"),
-    ("header length past the cluster", |b, _| put32(b, 100, 8192), "header length"),
-    ("huge virtual size", |b, _| put64(b, 24, u64::MAX), "virtual size"),
-    ("L1 too small for the size", |b, _| put64(b, 24, 64 << 30), "L1 table has"),
+    (
+        "header length 100",
+        |b, _| put32(b, 100, 100),
+        "header length",
+    ),
+    (
+        "header length past the cluster",
+        |b, _| put32(b, 100, 8192),
+        "header length",
+    ),
+    (
+        "huge virtual size",
+        |b, _| put64(b, 24, u64::MAX),
+        "virtual size",
+    ),
+    (
+        "L1 too small for the size",
+        |b, _| put64(b, 24, 64 << 30),
+        "L1 table has",
+    ),
     ("huge L1", |b, _| put32(b, 36, 1 << 30), "L1 table"),
-    ("L1 unaligned", |b, f| put64(b, 40, f.l1 + 8), "L1 table offset"),
-    ("L1 past the end", |b, _| put64(b, 40, 1 << 40), "L1 table offset"),
-    ("no refcount table", |b, _| put64(b, 48, 0), "refcount table offset"),
-    ("refcount table unaligned", |b, f| put64(b, 48, f.reftable + 16), "refcount table offset"),
-    ("refcount table of 0 clusters", |b, _| put32(b, 56, 0), "refcount table size"),
-    ("huge refcount table", |b, _| put32(b, 56, u32::MAX), "refcount table size"),
+    (
+        "L1 unaligned",
+        |b, f| put64(b, 40, f.l1 + 8),
+        "L1 table offset",
+    ),
+    (
+        "L1 past the end",
+        |b, _| put64(b, 40, 1 << 40),
+        "L1 table offset",
+    ),
+    (
+        "no refcount table",
+        |b, _| put64(b, 48, 0),
+        "refcount table offset",
+    ),
+    (
+        "refcount table unaligned",
+        |b, f| put64(b, 48, f.reftable + 16),
+        "refcount table offset",
+    ),
+    (
+        "refcount table of 0 clusters",
+        |b, _| put32(b, 56, 0),
+        "refcount table size",
+    ),
+    (
+        "huge refcount table",
+        |b, _| put32(b, 56, u32::MAX),
+        "refcount table size",
+    ),
     ("refcount_order 7", |b, _| put32(b, 96, 7), "refcount_order"),
-    ("backing name outside the cluster", |b, _| {
-        put64(b, 8, 4000);
-        put32(b, 16, 200);
-    }, "backing file name"),
-    ("backing name too long", |b, _| {
-        put64(b, 8, 200);
-        put32(b, 16, 2000);
-    }, "backing file name"),
-    ("extension past the cluster", |b, _| {
-        put32(b, 112, 0x1234);
-        put32(b, 116, 8000);
-    }, "extensions"),
-    ("L1 entry past the end", |b, f| put64(b, f.l1, (1 << 40) | (1 << 63)), "past the end"),
-    ("L1 entry unaligned", |b, f| put64(b, f.l1, f.l2 + 512), "L1 entry 0"),
-    ("L1 entry with reserved bits", |b, f| put64(b, f.l1, f.l2 | 1), "L1 entry 0"),
-    ("L1 entry on the refcount table", |b, f| put64(b, f.l1, f.reftable | (1 << 63)), "overlap"),
-    ("two L1 entries on one table", |b, f| {
-        let l2 = be64(b, f.l1);
-        put64(b, f.l1 + 8, l2);
-    }, "overlap"),
-    ("L2 entry with reserved bits", |b, f| put64(b, f.l2, f.data | 2), "reserved"),
-    ("L2 entry unaligned", |b, f| put64(b, f.l2, f.data + 512), "unaligned"),
-    ("L2 entry past the end", |b, f| put64(b, f.l2, (1 << 40) | (1 << 63)), "past the end"),
-    ("L2 entry on the L1 table", |b, f| put64(b, f.l2, f.l1 | (1 << 63)), "overlaps"),
-    ("L2 entry compressed", |b, f| put64(b, f.l2, f.data | (1 << 62)), "compressed"),
-    ("refcount block unaligned", |b, f| {
-        let e = be64(b, f.reftable);
-        put64(b, f.reftable, e + 512);
-    }, "refcount block"),
-    ("refcount block past the end", |b, f| put64(b, f.reftable, 1 << 40), "refcount block"),
-    ("table cut off by the end", |b, f| b.truncate(f.l2 as usize + 100), "past the end"),
+    (
+        "backing name outside the cluster",
+        |b, _| {
+            put64(b, 8, 4000);
+            put32(b, 16, 200);
+        },
+        "backing file name",
+    ),
+    (
+        "backing name too long",
+        |b, _| {
+            put64(b, 8, 200);
+            put32(b, 16, 2000);
+        },
+        "backing file name",
+    ),
+    (
+        "extension past the cluster",
+        |b, _| {
+            put32(b, 112, 0x1234);
+            put32(b, 116, 8000);
+        },
+        "extensions",
+    ),
+    (
+        "L1 entry past the end",
+        |b, f| put64(b, f.l1, (1 << 40) | (1 << 63)),
+        "past the end",
+    ),
+    (
+        "L1 entry unaligned",
+        |b, f| put64(b, f.l1, f.l2 + 512),
+        "L1 entry 0",
+    ),
+    (
+        "L1 entry with reserved bits",
+        |b, f| put64(b, f.l1, f.l2 | 1),
+        "L1 entry 0",
+    ),
+    (
+        "L1 entry on the refcount table",
+        |b, f| put64(b, f.l1, f.reftable | (1 << 63)),
+        "overlap",
+    ),
+    (
+        "two L1 entries on one table",
+        |b, f| {
+            let l2 = be64(b, f.l1);
+            put64(b, f.l1 + 8, l2);
+        },
+        "overlap",
+    ),
+    (
+        "L2 entry with reserved bits",
+        |b, f| put64(b, f.l2, f.data | 2),
+        "reserved",
+    ),
+    (
+        "L2 entry unaligned",
+        |b, f| put64(b, f.l2, f.data + 512),
+        "unaligned",
+    ),
+    (
+        "L2 entry past the end",
+        |b, f| put64(b, f.l2, (1 << 40) | (1 << 63)),
+        "past the end",
+    ),
+    (
+        "L2 entry on the L1 table",
+        |b, f| put64(b, f.l2, f.l1 | (1 << 63)),
+        "overlaps",
+    ),
+    (
+        "L2 entry compressed",
+        |b, f| put64(b, f.l2, f.data | (1 << 62)),
+        "compressed",
+    ),
+    (
+        "refcount block unaligned",
+        |b, f| {
+            let e = be64(b, f.reftable);
+            put64(b, f.reftable, e + 512);
+        },
+        "refcount block",
+    ),
+    (
+        "refcount block past the end",
+        |b, f| put64(b, f.reftable, 1 << 40),
+        "refcount block",
+    ),
+    (
+        "table cut off by the end",
+        |b, f| b.truncate(f.l2 as usize + 100),
+        "past the end",
+    ),
     ("dirty", |b, _| b[79] |= 1, "qemu-img check -r all"),
     ("marked corrupt", |b, _| b[79] |= 2, "qemu-img check -r all"),
     ("unknown incompatible feature", |b, _| b[78] |= 2, "bit 9"),
@@ -177,11 +281,87 @@ fn unsupported_features_are_refused_naming_the_file() {
     let data = d("data.raw");
     std::fs::write(&data, vec![7u8; 1 << 20]).unwrap();
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
-        ("zstd.qcow2", vec!["create", "-f", "qcow2", "-o", "compression_type=zstd", &s(&d("zstd.qcow2")), "1M"].into_iter().map(String::from).collect(), "zstd"),
-        ("ext.qcow2", vec!["create", "-f", "qcow2", "-o", &format!("data_file={}", s(&d("ext.raw"))), &s(&d("ext.qcow2")), "1M"].into_iter().map(String::from).collect(), "external data file"),
-        ("l2.qcow2", vec!["create", "-f", "qcow2", "-o", "extended_l2=on", &s(&d("l2.qcow2")), "1M"].into_iter().map(String::from).collect(), "extended L2"),
-        ("comp.qcow2", vec!["convert", "-c", "-O", "qcow2", &s(&data), &s(&d("comp.qcow2"))].into_iter().map(String::from).collect(), "compressed clusters"),
-        ("luks.qcow2", vec!["create", "--object", "secret,id=sec0,data=abc", "-f", "qcow2", "-o", "encrypt.format=luks,encrypt.key-secret=sec0", &s(&d("luks.qcow2")), "1M"].into_iter().map(String::from).collect(), "encrypted"),
+        (
+            "zstd.qcow2",
+            vec![
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "compression_type=zstd",
+                &s(&d("zstd.qcow2")),
+                "1M",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "zstd",
+        ),
+        (
+            "ext.qcow2",
+            vec![
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                &format!("data_file={}", s(&d("ext.raw"))),
+                &s(&d("ext.qcow2")),
+                "1M",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "external data file",
+        ),
+        (
+            "l2.qcow2",
+            vec![
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "extended_l2=on",
+                &s(&d("l2.qcow2")),
+                "1M",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "extended L2",
+        ),
+        (
+            "comp.qcow2",
+            vec![
+                "convert",
+                "-c",
+                "-O",
+                "qcow2",
+                &s(&data),
+                &s(&d("comp.qcow2")),
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "compressed clusters",
+        ),
+        (
+            "luks.qcow2",
+            vec![
+                "create",
+                "--object",
+                "secret,id=sec0,data=abc",
+                "-f",
+                "qcow2",
+                "-o",
+                "encrypt.format=luks,encrypt.key-secret=sec0",
+                &s(&d("luks.qcow2")),
+                "1M",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            "encrypted",
+        ),
     ];
     for (name, args, word) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -199,7 +379,16 @@ fn v2_images_and_internal_snapshots_open_read_only() {
     let dir = tempfile::tempdir().unwrap();
     let v2 = dir.path().join("v2.qcow2");
     let snap = dir.path().join("snap.qcow2");
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2.to_str().unwrap(), "1M"]);
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10",
+        v2.to_str().unwrap(),
+        "1M",
+    ]);
     qemu_img_ok(&["create", "-q", "-f", "qcow2", snap.to_str().unwrap(), "1M"]);
     qemu_io(&snap, &["write -P 0x42 0 64k"]);
     qemu_img_ok(&["snapshot", "-c", "s1", snap.to_str().unwrap()]);

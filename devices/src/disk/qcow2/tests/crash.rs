@@ -150,8 +150,15 @@ fn verify(bytes: &[u8], w: &Workload, flushed: &[Flushed], starts: &[usize], n: 
         if offset > at {
             let (a, b) = (at as usize, offset as usize);
             if got[a..b] != f.model[a..b] {
-                let i = a + got[a..b].iter().zip(&f.model[a..b]).position(|(x, y)| x != y).unwrap();
-                panic!("flushed byte {i:#x} reads {:#x}, not {:#x}", got[i], f.model[i]);
+                let i = a + got[a..b]
+                    .iter()
+                    .zip(&f.model[a..b])
+                    .position(|(x, y)| x != y)
+                    .unwrap();
+                panic!(
+                    "flushed byte {i:#x} reads {:#x}, not {:#x}",
+                    got[i], f.model[i]
+                );
             }
         }
         at = at.max(offset + len);
@@ -198,7 +205,16 @@ fn a_crash_while_the_refcount_table_grows_leaves_a_consistent_image() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small.qcow2");
     let p = path.to_str().unwrap();
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=512,refcount_bits=64", p, "4M"]);
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512,refcount_bits=64",
+        p,
+        "4M",
+    ]);
     let initial = std::fs::read(&path).unwrap();
     let mut ops = Vec::new();
     for i in 0..48u64 {

@@ -9,7 +9,13 @@ use crate::disk::{image_info, open_image, DiskImage};
 /// What qemu-img itself reads from an image: the flattened raw bytes.
 fn flatten_with_qemu(path: &Path) -> Vec<u8> {
     let out = path.with_extension("flat");
-    qemu_img_ok(&["convert", "-O", "raw", path.to_str().unwrap(), out.to_str().unwrap()]);
+    qemu_img_ok(&[
+        "convert",
+        "-O",
+        "raw",
+        path.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
     let bytes = std::fs::read(&out).unwrap();
     std::fs::remove_file(out).unwrap();
     bytes
@@ -39,7 +45,12 @@ fn assert_reads_like_qemu(path: &Path) {
     let got = read(&img, 0, want.len());
     if got != want {
         let i = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
-        panic!("{}: byte {i:#x} reads {:#x}, qemu reads {:#x}", path.display(), got[i], want[i]);
+        panic!(
+            "{}: byte {i:#x} reads {:#x}, qemu reads {:#x}",
+            path.display(),
+            got[i],
+            want[i]
+        );
     }
     check_extents(&img, &want);
 }
@@ -62,8 +73,24 @@ fn version_2_images_read_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v2.qcow2");
     let p = path.to_str().unwrap();
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-o", "compat=0.10,cluster_size=4096", p, "4M"]);
-    qemu_io(&path, &["write -P 0x11 0 64k", "write -P 0x22 1M 4k", "write -P 0x33 3M 1k"]);
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "compat=0.10,cluster_size=4096",
+        p,
+        "4M",
+    ]);
+    qemu_io(
+        &path,
+        &[
+            "write -P 0x11 0 64k",
+            "write -P 0x22 1M 4k",
+            "write -P 0x33 3M 1k",
+        ],
+    );
     assert_reads_like_qemu(&path);
 }
 
@@ -86,7 +113,16 @@ fn qemu_overlays_on_raw_and_qcow2_bases_read_the_same() {
     std::fs::write(d("base.raw"), pattern(1, 0, 4 << 20)).unwrap();
     let base_q = d("base.qcow2");
     let bq = base_q.to_str().unwrap();
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", bq, "4M"]);
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=4096",
+        bq,
+        "4M",
+    ]);
     qemu_io(&base_q, &["write -P 0x77 0 3M", "write -z 1M 64k"]);
     for (base, format, cluster, detect) in [
         ("base.raw", "raw", "65536", false),
@@ -97,7 +133,9 @@ fn qemu_overlays_on_raw_and_qcow2_bases_read_the_same() {
         let top = d(&format!("top-{format}-{cluster}-{detect}.qcow2"));
         let t = top.to_str().unwrap();
         let opt = format!("cluster_size={cluster}");
-        qemu_img_ok(&["create", "-q", "-f", "qcow2", "-b", base, "-F", format, "-o", &opt, t]);
+        qemu_img_ok(&[
+            "create", "-q", "-f", "qcow2", "-b", base, "-F", format, "-o", &opt, t,
+        ]);
         // Partial-cluster writes: QEMU copies the rest from the base.
         qemu_io(&top, QEMU_WRITES);
         if detect {
@@ -116,16 +154,39 @@ fn image_info_agrees_with_qemu_img_info_backing_chain() {
     std::fs::write(&base, pattern(3, 0, 2 << 20)).unwrap();
     let mid = dir.path().join("sub/mid.qcow2");
     let m = mid.to_str().unwrap();
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", "-b", "../base.raw", "-F", "raw", "-o", "cluster_size=4096", m]);
+    qemu_img_ok(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "../base.raw",
+        "-F",
+        "raw",
+        "-o",
+        "cluster_size=4096",
+        m,
+    ]);
     qemu_io(&mid, &["write -P 0x12 0 40k", "write -z 64k 64k"]);
-    let top = new_image(dir.path(), "top.qcow2", 2 << 20, 16, Some(("sub/mid.qcow2", ImageFormat::Qcow2)));
+    let top = new_image(
+        dir.path(),
+        "top.qcow2",
+        2 << 20,
+        16,
+        Some(("sub/mid.qcow2", ImageFormat::Qcow2)),
+    );
     {
         let img = Qcow2Image::open(&top, true).unwrap();
         write(&img, 65536 * 3, &[9u8; 65536 * 2]);
         img.flush().unwrap();
     }
     let ours = image_info(&top).unwrap();
-    let json = qemu_img_ok(&["info", "--backing-chain", "--output=json", top.to_str().unwrap()]);
+    let json = qemu_img_ok(&[
+        "info",
+        "--backing-chain",
+        "--output=json",
+        top.to_str().unwrap(),
+    ]);
     let theirs: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
     assert_eq!(ours.len(), 3);
     assert_eq!(theirs.len(), 3);
@@ -144,8 +205,13 @@ fn image_info_agrees_with_qemu_img_info_backing_chain() {
         let clusters = check["allocated-clusters"].as_u64().unwrap();
         assert_eq!(o.allocated_bytes, clusters * o.cluster_size.unwrap(), "{p}");
     }
-    assert_eq!(ours[2].allocated_bytes, std::fs::metadata(&base).map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.blocks() * 512
-    }).unwrap());
+    assert_eq!(
+        ours[2].allocated_bytes,
+        std::fs::metadata(&base)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.blocks() * 512
+            })
+            .unwrap()
+    );
 }

@@ -45,10 +45,9 @@ impl Rng {
 }
 
 fn tool(name: &str, args: &[&str]) -> Output {
-    Command::new(name)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{name} is required for these tests (make deps installs qemu-utils): {e}"))
+    Command::new(name).args(args).output().unwrap_or_else(|e| {
+        panic!("{name} is required for these tests (make deps installs qemu-utils): {e}")
+    })
 }
 
 pub fn qemu_img(args: &[&str]) -> Output {
@@ -165,7 +164,12 @@ fn writes_read_back_after_reopen_and_qemu_agrees() {
     let mut expect = vec![0u8; 4 << 20];
     {
         let img = Qcow2Image::open(&path, true).unwrap();
-        for (off, len) in [(0, 512), (4096, 65536), (100_000, 300_000), ((4 << 20) - 512, 512)] {
+        for (off, len) in [
+            (0, 512),
+            (4096, 65536),
+            (100_000, 300_000),
+            ((4 << 20) - 512, 512),
+        ] {
             let data = pattern(off, off, len);
             write(&img, off, &data);
             expect[off as usize..off as usize + len].copy_from_slice(&data);
@@ -180,5 +184,13 @@ fn writes_read_back_after_reopen_and_qemu_agrees() {
     assert_consistent(&path);
     let raw = dir.path().join("a.raw");
     std::fs::write(&raw, &expect).unwrap();
-    qemu_img_ok(&["compare", "-f", "qcow2", "-F", "raw", path.to_str().unwrap(), raw.to_str().unwrap()]);
+    qemu_img_ok(&[
+        "compare",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        path.to_str().unwrap(),
+        raw.to_str().unwrap(),
+    ]);
 }

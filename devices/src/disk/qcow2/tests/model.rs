@@ -111,7 +111,10 @@ pub fn check_extents(img: &dyn DiskEngine, model: &[u8]) {
         assert!(e.len >= 1 && at + e.len <= img.size(), "{e:?} at {at}");
         if e.kind == ExtentKind::Zero {
             let r = &model[at as usize..(at + e.len) as usize];
-            assert!(r.iter().all(|&b| b == 0), "zero extent {e:?} at {at} holds data");
+            assert!(
+                r.iter().all(|&b| b == 0),
+                "zero extent {e:?} at {at} holds data"
+            );
         }
         at += e.len;
     }
@@ -138,8 +141,11 @@ pub fn make_backing(
     for chunk in (0..size).step_by(16 << 10) {
         if rng.below(3) != 0 {
             let len = (16 << 10).min(size - chunk) as usize;
-            content[chunk as usize..chunk as usize + len]
-                .copy_from_slice(&pattern(seed + chunk, chunk, len));
+            content[chunk as usize..chunk as usize + len].copy_from_slice(&pattern(
+                seed + chunk,
+                chunk,
+                len,
+            ));
         }
     }
     match below {
