@@ -21,7 +21,7 @@ pub const MAX_LAYERS: usize = 16;
 /// The top image of a chain, opened.
 pub(crate) enum Top {
     Raw { file: RawFile, allocated: u64 },
-    Qcow2(Qcow2File),
+    Qcow2(Box<Qcow2File>),
 }
 
 pub(crate) struct ChainOpener<'a> {
@@ -108,7 +108,9 @@ impl<'a> ChainOpener<'a> {
                 file: RawFile::new(file).map_err(|e| ImageError::io(path, e))?,
                 allocated,
             }),
-            ImageFormat::Qcow2 => Ok(Top::Qcow2(opener.qcow2(path, file, id, writable, 0)?)),
+            ImageFormat::Qcow2 => Ok(Top::Qcow2(Box::new(
+                opener.qcow2(path, file, id, writable, 0)?,
+            ))),
         }
     }
 

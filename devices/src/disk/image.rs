@@ -98,7 +98,7 @@ fn open_chain(
 ) -> Result<DiskImage, ImageError> {
     Ok(match ChainOpener::open(path, writable, true, format)? {
         Top::Raw { file, .. } => DiskImage::Raw(file),
-        Top::Qcow2(file) => DiskImage::Qcow2(Qcow2Image::from_open(file)),
+        Top::Qcow2(file) => DiskImage::Qcow2(Qcow2Image::from_open(*file)),
     })
 }
 

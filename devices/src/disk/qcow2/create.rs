@@ -30,7 +30,7 @@ pub fn create(
             "cluster_bits {cluster_bits} is outside 9..=21"
         )));
     }
-    if virtual_size == 0 || virtual_size % 512 != 0 {
+    if virtual_size == 0 || !virtual_size.is_multiple_of(512) {
         return Err(bad(format!(
             "the virtual size {virtual_size} is not a positive multiple of 512"
         )));

@@ -121,7 +121,7 @@ impl Header {
         };
         if version == 3
             && (header_len < V3_HEADER_LEN
-                || header_len % 8 != 0
+                || !header_len.is_multiple_of(8)
                 || u64::from(header_len) > cluster_size)
         {
             return Err(corrupt(format!(
@@ -180,7 +180,7 @@ impl Header {
     fn check_tables(&self, file_len: u64, path: &Path) -> Result<(), ImageError> {
         let corrupt = |reason: String| ImageError::corrupt(path, reason);
         let cluster_size = 1u64 << self.cluster_bits;
-        let aligned = |off: u64| off % cluster_size == 0;
+        let aligned = |off: u64| off.is_multiple_of(cluster_size);
         let inside = |off: u64, len: u64| off.checked_add(len).is_some_and(|end| end <= file_len);
         if self.size > MAX_VIRTUAL_SIZE {
             return Err(corrupt(format!(

@@ -54,7 +54,7 @@ impl Qcow2Image {
     pub fn open(path: &Path, writable: bool) -> Result<Self, ImageError> {
         match ChainOpener::open(path, writable, true, Some(ImageFormat::Qcow2))? {
             Top::Qcow2(file) => Ok(Self {
-                file: Arc::new(file),
+                file: Arc::new(*file),
             }),
             Top::Raw { .. } => Err(ImageError::corrupt(path, "it is not a qcow2 image")),
         }

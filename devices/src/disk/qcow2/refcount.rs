@@ -278,7 +278,7 @@ mod tests {
     fn entries_of_every_width_round_trip() {
         for order in 0..=6u32 {
             let mut data = vec![0u8; 512];
-            let entries = 512 * 8 >> order;
+            let entries = (512 * 8) >> order;
             let max = u64::MAX >> (64 - (1u32 << order));
             for i in 0..entries {
                 set_entry(&mut data, i, order, (i as u64 * 7) & max);
