@@ -1,12 +1,15 @@
 //! virtio-blk requests/s through the device (parse → execute → complete on a queue in
-//! guest memory) against plain pread/pwrite of the same sizes on the same file.
-//! Prints medians of RUNS runs and the device/raw ratio. `make bench` runs it.
+//! guest memory) against plain pread/pwrite of the same sizes on the same file; then the
+//! qcow2 engine against the raw one, both through the device: I/O on allocated clusters,
+//! and first writes that allocate. Prints medians of RUNS runs and the ratios.
+//! `make bench` runs it.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
+use devices::disk::{qcow2, DiskEngine, Qcow2Image};
 use devices::virtio::block::{BlockHandler, DiskInfo, RawFile};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -28,18 +31,43 @@ const DATA: u64 = 0x20_0000;
 /// Guest memory: the rings, headers and BATCH data buffers of the largest size.
 const MEM_SIZE: usize = 16 << 20;
 
+/// qcow2 images use QEMU's default cluster size.
+const CLUSTER_BITS: u32 = 16;
+
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
+
+/// Where request i goes, in blocks of the request size.
+#[derive(Clone, Copy)]
+enum Pattern {
+    /// A stride of 7919 blocks: every block once before any twice, no locality.
+    Random,
+    Sequential,
+    /// One request per cluster: with a fresh image, every request allocates.
+    PerCluster,
+}
+
+impl Pattern {
+    fn offset(self, i: u64, block: u32) -> u64 {
+        let blocks = FILE_SIZE / u64::from(block);
+        match self {
+            Pattern::Random => (i * 7919 % blocks) * u64::from(block),
+            Pattern::Sequential => (i % blocks) * u64::from(block),
+            Pattern::PerCluster => (i << CLUSTER_BITS) % FILE_SIZE,
+        }
+    }
+}
 
 /// A minimal driver: BATCH fixed 3-descriptor chains, republished every round.
 struct Driver {
     mem: GuestMemoryMmap,
     avail_idx: u16,
     block: u32,
+    pattern: Pattern,
 }
 
 impl Driver {
-    fn new(mem: GuestMemoryMmap, write: bool, block: u32) -> Self {
+    fn new(mem: GuestMemoryMmap, write: bool, block: u32, pattern: Pattern) -> Self {
         // Touch the data buffers, as the raw side's are, so neither copies from the zero page.
         let fill = vec![0xa5u8; block as usize * usize::from(BATCH)];
         mem.write_slice(&fill, GuestAddress(DATA)).unwrap();
@@ -70,6 +98,7 @@ impl Driver {
             mem,
             avail_idx: 0,
             block,
+            pattern,
         }
     }
 
@@ -85,10 +114,9 @@ impl Driver {
 
     /// Publishes the batch with the sectors for this round.
     fn publish(&mut self, round: u64) {
-        let blocks = FILE_SIZE / u64::from(self.block);
         for chain in 0..u64::from(BATCH) {
-            let sector =
-                ((round * u64::from(BATCH) + chain) * 7919 % blocks) * u64::from(self.block / 512);
+            let i = round * u64::from(BATCH) + chain;
+            let sector = self.pattern.offset(i, self.block) / 512;
             self.mem
                 .write_obj(sector, GuestAddress(HEADERS + chain * 16 + 8))
                 .unwrap();
@@ -105,24 +133,49 @@ impl Driver {
 }
 
 fn device_run(path: &std::path::Path, write: bool, block: u32) -> f64 {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let mut driver = Driver::new(mem.clone(), write, block);
-    let mut handler = BlockHandler::new(mem, driver.queue());
     let file = File::options().read(true).write(true).open(path).unwrap();
     let engine = RawFile::new(file).unwrap();
+    engine_run(
+        &engine,
+        write,
+        block,
+        Pattern::Random,
+        REQUESTS_PER_RUN,
+        false,
+    )
+}
+
+/// Requests/s of `requests` requests through the device on `engine`; with `flush`, the
+/// time includes a final flush (metadata that allocation left in memory).
+fn engine_run(
+    engine: &dyn DiskEngine,
+    write: bool,
+    block: u32,
+    pattern: Pattern,
+    requests: usize,
+    flush: bool,
+) -> f64 {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let mut driver = Driver::new(mem.clone(), write, block, pattern);
+    let mut handler = BlockHandler::new(mem, driver.queue());
     let id = [0u8; 20];
     let disk = DiskInfo {
         id: &id,
         read_only: false,
     };
-    let rounds = REQUESTS_PER_RUN / usize::from(BATCH);
+    let rounds = requests / usize::from(BATCH);
     let mut busy = 0.0;
     for round in 0..rounds {
         driver.publish(round as u64);
         let start = Instant::now();
         handler
-            .process_queue(&engine, &disk)
+            .process_queue(engine, &disk)
             .expect("a well-formed queue");
+        busy += start.elapsed().as_secs_f64();
+    }
+    if flush {
+        let start = Instant::now();
+        engine.flush().unwrap();
         busy += start.elapsed().as_secs_f64();
     }
     (rounds * usize::from(BATCH)) as f64 / busy
@@ -146,6 +199,129 @@ fn raw_run(path: &std::path::Path, write: bool, block: u32) -> f64 {
         }
     }
     (rounds * usize::from(BATCH)) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// A qcow2 image of FILE_SIZE in `dir`, every cluster allocated if `fill`.
+fn qcow2_image(dir: &std::path::Path, fill: bool) -> Qcow2Image {
+    let path = dir.join("bench.qcow2");
+    let _ = std::fs::remove_file(&path);
+    qcow2::create(&path, FILE_SIZE, CLUSTER_BITS, None).unwrap();
+    let img = Qcow2Image::open(&path, true).unwrap();
+    if fill {
+        let mut chunk = vec![0x5au8; 1 << 20];
+        for i in 0..(FILE_SIZE >> 20) {
+            img.write_at(&vm_memory::VolatileSlice::from(&mut chunk[..]), i << 20)
+                .unwrap();
+        }
+        img.flush().unwrap();
+    }
+    img
+}
+
+/// A sparse raw file of FILE_SIZE in `dir`.
+fn fresh_raw(dir: &std::path::Path) -> RawFile {
+    let path = dir.join("bench.raw");
+    let _ = std::fs::remove_file(&path);
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(FILE_SIZE).unwrap();
+    RawFile::new(file).unwrap()
+}
+
+fn qcow2_vs_raw(dir: &std::path::Path, raw_path: &std::path::Path) {
+    println!(
+        "qcow2 ({} KiB clusters) vs raw, both through the device on tmpfs, median of {RUNS} runs",
+        1 << (CLUSTER_BITS - 10)
+    );
+    let allocated = qcow2_image(dir, true);
+    let raw = RawFile::new(
+        File::options()
+            .read(true)
+            .write(true)
+            .open(raw_path)
+            .unwrap(),
+    )
+    .unwrap();
+    let cases = [
+        (
+            "4 KiB random read",
+            false,
+            4096,
+            Pattern::Random,
+            REQUESTS_PER_RUN,
+        ),
+        (
+            "4 KiB random write",
+            true,
+            4096,
+            Pattern::Random,
+            REQUESTS_PER_RUN,
+        ),
+        (
+            "64 KiB sequential read",
+            false,
+            65536,
+            Pattern::Sequential,
+            REQUESTS_PER_RUN / 5,
+        ),
+        (
+            "64 KiB sequential write",
+            true,
+            65536,
+            Pattern::Sequential,
+            REQUESTS_PER_RUN / 5,
+        ),
+    ];
+    for (name, write, block, pattern, requests) in cases {
+        let (mut q, mut r) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            q.push(engine_run(
+                &allocated, write, block, pattern, requests, false,
+            ));
+            r.push(engine_run(&raw, write, block, pattern, requests, false));
+        }
+        report(name, median(q), median(r));
+    }
+    drop(allocated);
+    // First writes: a fresh image (and a fresh sparse raw file) per run, one request per
+    // cluster, so every request allocates; the final flush is timed.
+    let clusters = (FILE_SIZE >> CLUSTER_BITS) as usize;
+    for (name, block) in [("64 KiB first write", 65536), ("4 KiB first write", 4096)] {
+        let (mut q, mut r) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let img = qcow2_image(dir, false);
+            q.push(engine_run(
+                &img,
+                true,
+                block,
+                Pattern::PerCluster,
+                clusters,
+                true,
+            ));
+            let raw = fresh_raw(dir);
+            r.push(engine_run(
+                &raw,
+                true,
+                block,
+                Pattern::PerCluster,
+                clusters,
+                true,
+            ));
+        }
+        report(name, median(q), median(r));
+    }
+}
+
+fn report(name: &str, qcow2: f64, raw: f64) {
+    println!(
+        "{name:<24}: qcow2 {qcow2:>9.0} req/s   raw {raw:>9.0} req/s   ratio {:.2}",
+        qcow2 / raw
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -185,4 +361,6 @@ fn main() {
             );
         }
     }
+    let scratch = tempfile::tempdir_in(dir).unwrap();
+    qcow2_vs_raw(scratch.path(), file.path());
 }
