@@ -30,6 +30,17 @@ pub(crate) struct ChainOpener<'a> {
     seen: Vec<FileId>,
 }
 
+fn open_file(path: &Path, writable: bool) -> Result<File, ImageError> {
+    OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|source| ImageError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 fn file_id(file: &File, path: &Path) -> Result<(FileId, u64), ImageError> {
     let m = file.metadata().map_err(|e| ImageError::io(path, e))?;
     Ok(((m.dev(), m.ino()), m.blocks() * 512))
@@ -82,14 +93,7 @@ impl<'a> ChainOpener<'a> {
         lock: bool,
         format: Option<ImageFormat>,
     ) -> Result<Top, ImageError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)
-            .map_err(|source| ImageError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file = open_file(path, writable)?;
         let (id, allocated) = file_id(&file, path)?;
         if lock {
             lock_image(&file, !writable).map_err(locked(path))?;
@@ -209,10 +213,7 @@ impl<'a> ChainOpener<'a> {
 
 /// Opens the image at `path` with its chain as one read-only layer (shared locks).
 pub(crate) fn open_layer(path: &Path) -> Result<Arc<Layer>, ImageError> {
-    let file = File::open(path).map_err(|source| ImageError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = open_file(path, false)?;
     let mut opener = ChainOpener {
         top: path,
         lock: true,
@@ -224,14 +225,7 @@ pub(crate) fn open_layer(path: &Path) -> Result<Arc<Layer>, ImageError> {
 /// Opens the new overlay at `path` (created naming `backing`'s file as its backing file)
 /// on top of the already open `backing` chain, writable.
 pub(crate) fn open_on(path: &Path, backing: Arc<Layer>) -> Result<Qcow2File, ImageError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|source| ImageError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let file = open_file(path, true)?;
     let (id, _) = file_id(&file, path)?;
     if backing.contains(id) {
         return Err(ImageError::Cycle {

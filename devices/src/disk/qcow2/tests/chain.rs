@@ -287,17 +287,7 @@ fn sealing_the_top_and_continuing_on_a_new_overlay() {
     assert_consistent(&overlay);
     let info = image_info(&overlay).unwrap();
     assert_eq!(info.len(), 4);
-    let flat = dir.path().join("flat.raw");
-    std::fs::write(&flat, &model).unwrap();
-    qemu_img_ok(&[
-        "compare",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        overlay.to_str().unwrap(),
-        flat.to_str().unwrap(),
-    ]);
+    assert_same_as(&overlay, &model);
 }
 
 #[test]

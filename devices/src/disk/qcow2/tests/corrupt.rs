@@ -277,95 +277,27 @@ fn random_damage_never_panics() {
 fn unsupported_features_are_refused_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name);
-    let s = |p: &PathBuf| p.to_str().unwrap().to_string();
-    let data = d("data.raw");
+    let (data, comp, luks) = (d("data.raw"), d("comp.qcow2"), d("luks.qcow2"));
     std::fs::write(&data, vec![7u8; 1 << 20]).unwrap();
-    let cases: Vec<(&str, Vec<String>, &str)> = vec![
-        (
-            "zstd.qcow2",
-            vec![
-                "create",
-                "-f",
-                "qcow2",
-                "-o",
-                "compression_type=zstd",
-                &s(&d("zstd.qcow2")),
-                "1M",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            "zstd",
-        ),
-        (
-            "ext.qcow2",
-            vec![
-                "create",
-                "-f",
-                "qcow2",
-                "-o",
-                &format!("data_file={}", s(&d("ext.raw"))),
-                &s(&d("ext.qcow2")),
-                "1M",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            "external data file",
-        ),
-        (
-            "l2.qcow2",
-            vec![
-                "create",
-                "-f",
-                "qcow2",
-                "-o",
-                "extended_l2=on",
-                &s(&d("l2.qcow2")),
-                "1M",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            "extended L2",
-        ),
-        (
-            "comp.qcow2",
-            vec![
-                "convert",
-                "-c",
-                "-O",
-                "qcow2",
-                &s(&data),
-                &s(&d("comp.qcow2")),
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            "compressed clusters",
-        ),
-        (
-            "luks.qcow2",
-            vec![
-                "create",
-                "--object",
-                "secret,id=sec0,data=abc",
-                "-f",
-                "qcow2",
-                "-o",
-                "encrypt.format=luks,encrypt.key-secret=sec0",
-                &s(&d("luks.qcow2")),
-                "1M",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-            "encrypted",
-        ),
+    let ext = format!("data_file={}", d("ext.raw").display());
+    qemu_create(&d("zstd.qcow2"), "compression_type=zstd", None, "1M");
+    qemu_create(&d("ext.qcow2"), &ext, None, "1M");
+    qemu_create(&d("l2.qcow2"), "extended_l2=on", None, "1M");
+    let [data, comp, luks] = [&data, &comp, &luks].map(|p| p.to_str().unwrap());
+    qemu_img_ok(&["convert", "-c", "-O", "qcow2", data, comp]);
+    let secret = "secret,id=sec0,data=abc";
+    let luks_opt = "encrypt.format=luks,encrypt.key-secret=sec0";
+    let create = [
+        "create", "-q", "--object", secret, "-f", "qcow2", "-o", luks_opt,
     ];
-    for (name, args, word) in cases {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        qemu_img_ok(&args);
+    qemu_img_ok(&[&create[..], &[luks, "1M"]].concat());
+    for (name, word) in [
+        ("zstd.qcow2", "zstd"),
+        ("ext.qcow2", "external data file"),
+        ("l2.qcow2", "extended L2"),
+        ("comp.qcow2", "compressed clusters"),
+        ("luks.qcow2", "encrypted"),
+    ] {
         for writable in [false, true] {
             let err = refusal(&d(name), writable);
             assert!(err.contains(word), "{name}: {err}");
@@ -379,17 +311,8 @@ fn v2_images_and_internal_snapshots_open_read_only() {
     let dir = tempfile::tempdir().unwrap();
     let v2 = dir.path().join("v2.qcow2");
     let snap = dir.path().join("snap.qcow2");
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "compat=0.10",
-        v2.to_str().unwrap(),
-        "1M",
-    ]);
-    qemu_img_ok(&["create", "-q", "-f", "qcow2", snap.to_str().unwrap(), "1M"]);
+    qemu_create(&v2, "compat=0.10", None, "1M");
+    qemu_create(&snap, "", None, "1M");
     qemu_io(&snap, &["write -P 0x42 0 64k"]);
     qemu_img_ok(&["snapshot", "-c", "s1", snap.to_str().unwrap()]);
     qemu_io(&snap, &["write -P 0x43 0 4k"]);

@@ -204,17 +204,7 @@ fn a_crash_after_any_write_leaves_a_consistent_image_4k_clusters_on_raw() {
 fn a_crash_while_the_refcount_table_grows_leaves_a_consistent_image() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("small.qcow2");
-    let p = path.to_str().unwrap();
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=512,refcount_bits=64",
-        p,
-        "4M",
-    ]);
+    qemu_create(&path, "cluster_size=512,refcount_bits=64", None, "4M");
     let initial = std::fs::read(&path).unwrap();
     let mut ops = Vec::new();
     for i in 0..48u64 {

@@ -60,9 +60,7 @@ fn images_qemu_wrote_read_the_same_for_every_cluster_size() {
     let dir = tempfile::tempdir().unwrap();
     for cluster in ["512", "4096", "65536", "2M"] {
         let path = dir.path().join(format!("q{cluster}.qcow2"));
-        let p = path.to_str().unwrap();
-        let opt = format!("cluster_size={cluster}");
-        qemu_img_ok(&["create", "-q", "-f", "qcow2", "-o", &opt, p, "4M"]);
+        qemu_create(&path, &format!("cluster_size={cluster}"), None, "4M");
         qemu_io(&path, QEMU_WRITES);
         assert_reads_like_qemu(&path);
     }
@@ -72,17 +70,7 @@ fn images_qemu_wrote_read_the_same_for_every_cluster_size() {
 fn version_2_images_read_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v2.qcow2");
-    let p = path.to_str().unwrap();
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "compat=0.10,cluster_size=4096",
-        p,
-        "4M",
-    ]);
+    qemu_create(&path, "compat=0.10,cluster_size=4096", None, "4M");
     qemu_io(
         &path,
         &[
@@ -112,17 +100,7 @@ fn qemu_overlays_on_raw_and_qcow2_bases_read_the_same() {
     let d = |name: &str| dir.path().join(name);
     std::fs::write(d("base.raw"), pattern(1, 0, 4 << 20)).unwrap();
     let base_q = d("base.qcow2");
-    let bq = base_q.to_str().unwrap();
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096",
-        bq,
-        "4M",
-    ]);
+    qemu_create(&base_q, "cluster_size=4096", None, "4M");
     qemu_io(&base_q, &["write -P 0x77 0 3M", "write -z 1M 64k"]);
     for (base, format, cluster, detect) in [
         ("base.raw", "raw", "65536", false),
@@ -131,11 +109,8 @@ fn qemu_overlays_on_raw_and_qcow2_bases_read_the_same() {
         ("base.qcow2", "qcow2", "65536", true),
     ] {
         let top = d(&format!("top-{format}-{cluster}-{detect}.qcow2"));
-        let t = top.to_str().unwrap();
         let opt = format!("cluster_size={cluster}");
-        qemu_img_ok(&[
-            "create", "-q", "-f", "qcow2", "-b", base, "-F", format, "-o", &opt, t,
-        ]);
+        qemu_create(&top, &opt, Some((base, format)), "");
         // Partial-cluster writes: QEMU copies the rest from the base.
         qemu_io(&top, QEMU_WRITES);
         if detect {
@@ -153,20 +128,7 @@ fn image_info_agrees_with_qemu_img_info_backing_chain() {
     let base = dir.path().join("base.raw");
     std::fs::write(&base, pattern(3, 0, 2 << 20)).unwrap();
     let mid = dir.path().join("sub/mid.qcow2");
-    let m = mid.to_str().unwrap();
-    qemu_img_ok(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "../base.raw",
-        "-F",
-        "raw",
-        "-o",
-        "cluster_size=4096",
-        m,
-    ]);
+    qemu_create(&mid, "cluster_size=4096", Some(("../base.raw", "raw")), "");
     qemu_io(&mid, &["write -P 0x12 0 40k", "write -z 64k 64k"]);
     let top = new_image(
         dir.path(),

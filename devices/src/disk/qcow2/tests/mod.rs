@@ -82,6 +82,32 @@ pub fn qemu_io(path: &Path, commands: &[&str]) {
     );
 }
 
+/// `qemu-img create -f qcow2` with `-o options` (if any), on `backing` (name, format)
+/// if any, of `size` (or the backing file's).
+pub fn qemu_create(path: &Path, options: &str, backing: Option<(&str, &str)>, size: &str) {
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !options.is_empty() {
+        args.extend(["-o", options]);
+    }
+    if let Some((name, format)) = backing {
+        args.extend(["-b", name, "-F", format]);
+    }
+    args.push(path.to_str().unwrap());
+    if !size.is_empty() {
+        args.push(size);
+    }
+    qemu_img_ok(&args);
+}
+
+/// `qemu-img compare`: the qcow2 image at `path` holds exactly `want`.
+pub fn assert_same_as(path: &Path, want: &[u8]) {
+    let flat = path.with_extension("expected.raw");
+    std::fs::write(&flat, want).unwrap();
+    let (p, f) = (path.to_str().unwrap(), flat.to_str().unwrap());
+    qemu_img_ok(&["compare", "-f", "qcow2", "-F", "raw", p, f]);
+    std::fs::remove_file(flat).unwrap();
+}
+
 /// `qemu-img check`: clean, or leaked clusters only (exit 3 with no error).
 pub fn assert_consistent(path: &Path) {
     let out = qemu_img(&["check", "-f", "qcow2", path.to_str().unwrap()]);
@@ -182,15 +208,5 @@ fn writes_read_back_after_reopen_and_qemu_agrees() {
     let img = Qcow2Image::open(&path, false).unwrap();
     assert_eq!(read(&img, 0, 4 << 20), expect);
     assert_consistent(&path);
-    let raw = dir.path().join("a.raw");
-    std::fs::write(&raw, &expect).unwrap();
-    qemu_img_ok(&[
-        "compare",
-        "-f",
-        "qcow2",
-        "-F",
-        "raw",
-        path.to_str().unwrap(),
-        raw.to_str().unwrap(),
-    ]);
+    assert_same_as(&path, &expect);
 }

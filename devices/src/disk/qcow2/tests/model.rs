@@ -224,10 +224,7 @@ fn run_case(cluster_bits: u32, below: Below, seed: u64, ops: usize) {
     let path = dir.path().join("top.qcow2");
     std::fs::write(&path, &mem.0.lock().unwrap().data).unwrap();
     assert_consistent(&path);
-    let flat = dir.path().join("model.raw");
-    std::fs::write(&flat, &model).unwrap();
-    let (p, f) = (path.to_str().unwrap(), flat.to_str().unwrap());
-    qemu_img_ok(&["compare", "-f", "qcow2", "-F", "raw", p, f]);
+    assert_same_as(&path, &model);
 }
 
 #[test]
