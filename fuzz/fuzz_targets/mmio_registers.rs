@@ -201,7 +201,7 @@ fuzz_target!(init: vmm_fuzz::ignore_sigpipe(), |data: &[u8]| {
     let mem = guest_memory(MEM);
     if device & 1 == 0 {
         let engine = RawFile::new(memfd_disk(64 << 10)).expect("memfd disk");
-        let block = Block::with_engine(Box::new(engine), device & 2 != 0, "fuzz").expect("block");
+        let block = Block::with_engine(std::sync::Arc::new(engine), device & 2 != 0, "fuzz").expect("block");
         Guest::new(mem, block).run(&mut r);
     } else {
         let dir = tempfile::tempdir().expect("tempdir");

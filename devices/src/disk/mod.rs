@@ -13,6 +13,9 @@ use vm_memory::VolatileSlice;
 
 pub use raw::RawFile;
 
+/// The first four bytes of every qcow2 image.
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
 /// Storage behind a virtio-blk device. Offsets and lengths are already checked against
 /// `size()` by the request parser.
 pub trait DiskEngine: Send + Sync {
