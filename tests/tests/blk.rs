@@ -383,11 +383,16 @@ fn the_pattern_writer_and_scanner_agree() {
     let g = wrote.assert_passed();
     assert_eq!(g.info_all("pass"), ["1", "2"]);
     let scan = || {
-        let out = Vmm::guest(TINY_ELF, "blkscan sectors=20").drive(&image).run();
+        let out = Vmm::guest(TINY_ELF, "blkscan sectors=20")
+            .drive(&image)
+            .run();
         let g = out.assert_passed();
         (g.info_all("run").join("; "), g.info_all("bad").join(" "))
     };
-    assert_eq!(scan(), ("2 0 15; 0 16 19".to_string(), "16 17 18 19".to_string()));
+    assert_eq!(
+        scan(),
+        ("2 0 15; 0 16 19".to_string(), "16 17 18 19".to_string())
+    );
     let mut bytes = fs::read(&image).unwrap();
     bytes[5 * SECTOR as usize + 100] ^= 1;
     fs::write(&image, bytes).unwrap();
