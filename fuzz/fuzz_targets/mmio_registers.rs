@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use devices::bus::Bus;
 use devices::virtio::block::{Block, RawFile};
+use devices::virtio::mmio_regs::*;
 use devices::virtio::vsock::{Vsock, VsockConfig};
 use devices::virtio::{MmioTransport, QueueWorker, VirtioFront, MMIO_WINDOW_SIZE};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
@@ -24,28 +25,35 @@ const MEM: u64 = 1 << 20;
 const BASE: u64 = 0xd000_0000;
 const QUEUE_AREA: u64 = 0x1_0000;
 
-const DEVICE_FEATURES: u64 = 0x010;
-const DEVICE_FEATURES_SEL: u64 = 0x014;
-const DRIVER_FEATURES: u64 = 0x020;
-const DRIVER_FEATURES_SEL: u64 = 0x024;
-const QUEUE_SEL: u64 = 0x030;
-const QUEUE_NUM_MAX: u64 = 0x034;
-const QUEUE_NUM: u64 = 0x038;
-const QUEUE_READY: u64 = 0x044;
-const QUEUE_NOTIFY: u64 = 0x050;
-const STATUS: u64 = 0x070;
-const QUEUE_DESC_LOW: u64 = 0x080;
-const QUEUE_DESC_HIGH: u64 = 0x084;
-const QUEUE_DRIVER_LOW: u64 = 0x090;
-const QUEUE_DRIVER_HIGH: u64 = 0x094;
-const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-
 /// Every register of the window, and the first config-space bytes.
 const REGISTERS: [u64; 27] = [
-    0x000, 0x004, 0x008, 0x00c, 0x010, 0x014, 0x020, 0x024, 0x030, 0x034, 0x038, 0x044, 0x050,
-    0x060, 0x064, 0x070, 0x080, 0x084, 0x090, 0x094, 0x0a0, 0x0a4, 0x0fc, 0x100, 0x104, 0x108,
-    0x110,
+    MAGIC_VALUE,
+    VERSION,
+    DEVICE_ID,
+    VENDOR_ID,
+    DEVICE_FEATURES,
+    DEVICE_FEATURES_SEL,
+    DRIVER_FEATURES,
+    DRIVER_FEATURES_SEL,
+    QUEUE_SEL,
+    QUEUE_NUM_MAX,
+    QUEUE_NUM,
+    QUEUE_READY,
+    QUEUE_NOTIFY,
+    INTERRUPT_STATUS,
+    INTERRUPT_ACK,
+    STATUS,
+    QUEUE_DESC_LOW,
+    QUEUE_DESC_HIGH,
+    QUEUE_DRIVER_LOW,
+    QUEUE_DRIVER_HIGH,
+    QUEUE_DEVICE_LOW,
+    QUEUE_DEVICE_HIGH,
+    CONFIG_GENERATION,
+    CONFIG_SPACE,
+    CONFIG_SPACE + 4,
+    CONFIG_SPACE + 8,
+    CONFIG_SPACE + 0x10,
 ];
 
 struct Guest<W: QueueWorker + MutEventSubscriber> {
@@ -201,7 +209,7 @@ fuzz_target!(init: vmm_fuzz::ignore_sigpipe(), |data: &[u8]| {
     let mem = guest_memory(MEM);
     if device & 1 == 0 {
         let engine = RawFile::new(memfd_disk(64 << 10)).expect("memfd disk");
-        let block = Block::with_engine(Box::new(engine), device & 2 != 0, "fuzz").expect("block");
+        let block = Block::with_engine(std::sync::Arc::new(engine), device & 2 != 0, "fuzz").expect("block");
         Guest::new(mem, block).run(&mut r);
     } else {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -279,7 +279,7 @@ static void break_avail_ring(struct dev *d, u64 features)
 	out("info blk%u read_after_reset_status %u\n", d->n, st);
 }
 
-static void probe(unsigned n, u64 base)
+static void probe(unsigned n, u64 base, void (*work)(struct dev *, u64))
 {
 	struct dev dev = { .n = n, .base = base, .mem = DEV_MEM(n) }, *d = &dev;
 	u32 magic = rd(d, MAGIC), version = rd(d, VERSION), id = rd(d, DEVICE_ID);
@@ -331,7 +331,7 @@ static void probe(unsigned n, u64 base)
 	u64 cap = rd(d, CONFIG) | ((u64)rd(d, CONFIG + 4) << 32);
 	out("info blk%u capacity %lu\n", n, cap);
 
-	requests(d, want);
+	work(d, want);
 	out("info blk%u requests %u\n", n, d->requests);
 	out("info blk%u irqs %u\n", n, d->irqs);
 	const char *target = cmd_value("break_avail", NULL);
@@ -340,8 +340,73 @@ static void probe(unsigned n, u64 base)
 	wr(d, STATUS, 0);
 }
 
-/* Devices come from `virtio_mmio.device=<size>@<addr>:<irq>` tokens, in order. */
-void test_blk(void)
+/* Sector s of pass g holds: u32 g, u32 s, then bytes (g * 31 + s + i) & 0xff. */
+static void fill_pattern(volatile u8 *buf, u32 g, u32 s)
+{
+	*(volatile u32 *)buf = g;
+	*(volatile u32 *)(buf + 4) = s;
+	for (u32 i = 8; i < 512; i++)
+		buf[i] = (u8)(g * 31 + s + i);
+}
+
+static u64 sectors_arg(void)
+{
+	const char *v = cmd_value("sectors", NULL);
+	return v ? parse_num(&v) : 64;
+}
+
+/* test=blkwrite [sectors=N] [passes=P]: pass g = 1, 2, ... writes sectors 0..N-1 in
+ * order with pass g's pattern, flushes, and prints `info pass g`, P passes or forever. */
+static void write_pattern(struct dev *d, u64 features)
+{
+	u64 n = sectors_arg(), data = d->mem + OFF_DATA;
+	const char *v = cmd_value("passes", NULL);
+	u64 passes = v ? parse_num(&v) : 0;
+	for (u32 g = 1; !passes || g <= passes; g++) {
+		for (u32 s = 0; s < n; s++) {
+			fill_pattern(at(d, OFF_DATA), g, s);
+			u8 st = request(d, T_OUT, s, data, 512, 0, "pattern_write");
+			if (st) {
+				out("fail blk%u pattern_write pass %u sector %u status %u\n", d->n, g, s, st);
+				return;
+			}
+		}
+		if (features & F_FLUSH)
+			request(d, T_FLUSH, 0, 0, 0, 0, "pattern_flush");
+		out("info pass %u\n", g);
+	}
+}
+
+/* test=blkscan [sectors=N]: reads sectors 0..N-1 and prints runs of one pass:
+ * `info run <pass> <first sector> <last sector>`; a sector whose bytes are not its
+ * pass's pattern prints `info bad <sector>`. */
+static void scan_pattern(struct dev *d, u64 features)
+{
+	(void)features;
+	u64 n = sectors_arg(), data = d->mem + OFF_DATA;
+	volatile u8 *buf = at(d, OFF_DATA), *want = at(d, OFF_DATA + 0x1000);
+	u32 run_pass = 0, run_start = 0;
+	for (u32 s = 0; s < n; s++) {
+		u8 st = request(d, T_IN, s, data, 512, 1, "pattern_read");
+		u32 g = *(volatile u32 *)buf;
+		fill_pattern(want, g, s);
+		int same = st == 0;
+		for (u32 i = 0; i < 512 && same; i++)
+			same = buf[i] == want[i];
+		if (!same)
+			out("info bad %u\n", s);
+		if (s && g != run_pass)
+			out("info run %u %u %u\n", run_pass, run_start, s - 1);
+		if (!s || g != run_pass)
+			run_pass = g, run_start = s;
+	}
+	if (n)
+		out("info run %u %u %u\n", run_pass, run_start, (u32)n - 1);
+}
+
+/* Calls `probe` with `work` for each `virtio_mmio.device=<size>@<addr>:<irq>` token, in
+ * order, or only for the first when `first_only`. */
+static void each_device(void (*work)(struct dev *, u64), int first_only)
 {
 	const char *from = NULL, *v;
 	unsigned n = 0;
@@ -353,7 +418,25 @@ void test_blk(void)
 			continue;
 		}
 		v++;
-		probe(n++, parse_num(&v));
+		probe(n++, parse_num(&v), work);
+		if (first_only)
+			break;
 	}
 	out("info blk_devices %u\n", n);
+}
+
+void test_blk(void)
+{
+	each_device(requests, 0);
+}
+
+void test_blkwrite(void)
+{
+	out("info ready\n");
+	each_device(write_pattern, 1);
+}
+
+void test_blkscan(void)
+{
+	each_device(scan_pattern, 1);
 }

@@ -76,6 +76,8 @@ u64 parse_num(const char **p);
 /* Modes. */
 void test_boot(const u8 *zp);
 void test_blk(void);
+void test_blkwrite(void);
+void test_blkscan(void);
 void test_vsock(void);
 void test_acpi(void);
 

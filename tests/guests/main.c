@@ -53,6 +53,10 @@ void guest_main(const u8 *zp)
 		test_echo();
 	} else if (token_is(t, "blk")) {
 		test_blk();
+	} else if (token_is(t, "blkwrite")) {
+		test_blkwrite();
+	} else if (token_is(t, "blkscan")) {
+		test_blkscan();
 	} else if (token_is(t, "vsock")) {
 		test_vsock();
 	} else if (token_is(t, "triplefault")) {

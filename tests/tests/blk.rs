@@ -369,3 +369,32 @@ fn a_broken_avail_ring_needs_a_reset_and_stalls_nothing_else() {
         out.stderr
     );
 }
+
+/// The pattern writer and scanner of the snapshot tests: what one writes, the other
+/// reads back as one run, and a sector changed on the host shows as bad.
+#[test]
+fn the_pattern_writer_and_scanner_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("pattern.img");
+    fs::write(&image, vec![0u8; 32 * SECTOR as usize]).unwrap();
+    let wrote = Vmm::guest(TINY_ELF, "blkwrite sectors=16 passes=2")
+        .drive(&image)
+        .run();
+    let g = wrote.assert_passed();
+    assert_eq!(g.info_all("pass"), ["1", "2"]);
+    let scan = || {
+        let out = Vmm::guest(TINY_ELF, "blkscan sectors=20")
+            .drive(&image)
+            .run();
+        let g = out.assert_passed();
+        (g.info_all("run").join("; "), g.info_all("bad").join(" "))
+    };
+    assert_eq!(
+        scan(),
+        ("2 0 15; 0 16 19".to_string(), "16 17 18 19".to_string())
+    );
+    let mut bytes = fs::read(&image).unwrap();
+    bytes[5 * SECTOR as usize + 100] ^= 1;
+    fs::write(&image, bytes).unwrap();
+    assert_eq!(scan().1, "5 16 17 18 19");
+}

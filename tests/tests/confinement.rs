@@ -49,13 +49,21 @@ fn thread_states(pid: u32) -> Vec<(String, String, String, String)> {
 }
 
 /// Waits until the VM runs and all six threads have confined themselves (they do as
-/// they start); returns their states.
+/// they start): a filter each, or with `--seccomp off` no capabilities left. Returns
+/// their states.
 fn confined_threads(vm: &mut Running) -> Vec<(String, String, String, String)> {
+    threads_when(vm, |s| s.1 == "2")
+}
+
+fn threads_when(
+    vm: &mut Running,
+    confined: impl Fn(&(String, String, String, String)) -> bool,
+) -> Vec<(String, String, String, String)> {
     vm.wait_for_stdout("info ready\n", Duration::from_secs(20));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let states = thread_states(vm.pid());
-        if states.len() == 6 && states.iter().all(|s| s.1 == "2") || Instant::now() > deadline {
+        if states.len() == 6 && states.iter().all(&confined) || Instant::now() > deadline {
             return states;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -87,9 +95,9 @@ fn every_thread_has_its_filter_no_new_privs_and_no_capabilities() {
 fn seccomp_off_leaves_the_threads_unfiltered_but_without_capabilities() {
     let dir = tempfile::tempdir().unwrap();
     let mut vm = hanging_vm(dir.path()).flag("--seccomp", "off").spawn();
-    vm.wait_for_stdout("info ready\n", Duration::from_secs(20));
-    std::thread::sleep(Duration::from_millis(200));
-    for (name, seccomp, no_new_privs, caps) in thread_states(vm.pid()) {
+    let states = threads_when(&mut vm, |s| s.3 == "0000000000000000");
+    assert_eq!(states.len(), 6, "{states:?}");
+    for (name, seccomp, no_new_privs, caps) in states {
         assert_eq!(seccomp, "0", "{name}: seccomp mode");
         assert_eq!(no_new_privs, "1", "{name}: no_new_privs");
         assert_eq!(caps, "0000000000000000", "{name}: effective capabilities");

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use agent::api::sandbox_client::SandboxClient;
 use agent::api::{
-    exec_event, exec_request, Attach, ExecEvent, ExecRequest, ExecStarted, StartExec,
-    StatusRequest, StatusResponse, TerminateRequest,
+    exec_event, exec_request, Attach, ExecEvent, ExecRequest, ExecStarted, SnapshotRequest,
+    SnapshotResponse, StartExec, StatusRequest, StatusResponse, TerminateRequest,
 };
 use agent::connect::Address;
 use agent::pb::{self, ExecStart, Exited};
@@ -251,6 +251,25 @@ impl Client {
 
     pub fn api(&self) -> SandboxClient<Channel> {
         self.api.clone()
+    }
+
+    /// A live snapshot of drive `drive` (empty: the root disk) as `path`.
+    pub async fn snapshot(
+        &self,
+        drive: &str,
+        path: &str,
+        no_freeze: bool,
+    ) -> Result<SnapshotResponse, ClientError> {
+        let reply = self
+            .api
+            .clone()
+            .snapshot(SnapshotRequest {
+                drive: drive.to_string(),
+                path: path.to_string(),
+                no_freeze,
+            })
+            .await?;
+        Ok(reply.into_inner())
     }
 
     pub async fn terminate(&self, grace: Duration) -> Result<(), ClientError> {

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
-use devices::virtio::block::BlockConfig;
+use devices::disk::QCOW2_MAGIC;
 use serde::Deserialize;
 
 use crate::arch::layout::{
@@ -33,6 +33,9 @@ pub struct FileConfig {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub rootfs: Option<PathBuf>,
+    /// The root disk's writable qcow2 overlay: created on `rootfs` when missing, resumed
+    /// when it exists.
+    pub overlay: Option<PathBuf>,
     pub cpus: Option<u8>,
     pub memory_mib: Option<u64>,
     pub append: Option<String>,
@@ -93,6 +96,31 @@ pub struct DriveSpec {
     #[serde(default)]
     pub read_only: bool,
     pub id: Option<String>,
+    /// A writable qcow2 overlay on `path`, as for the root disk.
+    pub overlay: Option<PathBuf>,
+}
+
+/// Where a drive's writes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Overlay {
+    /// Into the image itself (or nowhere, read-only).
+    None,
+    /// Into this qcow2 overlay on the image: created when missing, resumed when present.
+    At(PathBuf),
+    /// Into a new overlay in a temporary directory, deleted when the VM ends: a snapshot
+    /// given as the root disk is never written.
+    Temporary,
+}
+
+/// One virtio-blk drive of a validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveConfig {
+    /// The image: the drive's whole content, or the base under its overlay.
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// Returned by GET_ID; the guest sees it in /sys/block/vdX/serial.
+    pub id: String,
+    pub overlay: Overlay,
 }
 
 /// Flags of `vmm run`; each overrides the file's value.
@@ -101,6 +129,7 @@ pub struct Overrides {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub rootfs: Option<PathBuf>,
+    pub overlay: Option<PathBuf>,
     pub cpus: Option<u8>,
     pub memory_mib: Option<u64>,
     pub append: Option<String>,
@@ -122,7 +151,7 @@ pub struct VmConfig {
     pub memory_mib: u64,
     pub append: String,
     /// The root disk (when given) first, then the other drives in order.
-    pub drives: Vec<BlockConfig>,
+    pub drives: Vec<DriveConfig>,
     pub has_root: bool,
     pub vsock: Option<VsockSpec>,
     pub api: Option<ApiSpec>,
@@ -152,7 +181,7 @@ pub enum ConfigError {
     Memory { value: u64, max: u64 },
     #[error("drive {path}: id {id:?} must be 1 to {MAX_DRIVE_ID_LEN} bytes and unique")]
     DriveId { path: PathBuf, id: String },
-    #[error("--drive {0:?}: expected PATH[,ro][,id=NAME]")]
+    #[error("--drive {0:?}: expected PATH[,ro][,id=NAME][,overlay=PATH]")]
     DriveFlag(String),
     #[error("{what} {path}: the directory {dir} does not exist")]
     SocketDir {
@@ -162,6 +191,10 @@ pub enum ConfigError {
     },
     #[error("vsock guest_cid = {0}: must be at least {MIN_GUEST_CID}")]
     GuestCid(u64),
+    #[error("overlay {0} given without a root disk (rootfs) to put it on")]
+    OverlayWithoutImage(PathBuf),
+    #[error("drive {0}: a read-only drive cannot have an overlay")]
+    ReadOnlyOverlay(PathBuf),
     #[error("{0} drives given, at most {MAX_VIRTIO_DEVICES} fit")]
     TooManyDrives(usize),
     #[error("append: contains a NUL byte, where the kernel would cut the command line")]
@@ -193,14 +226,22 @@ impl FileConfig {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
-        for p in [&mut self.kernel, &mut self.initrd, &mut self.rootfs]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.kernel,
+            &mut self.initrd,
+            &mut self.rootfs,
+            &mut self.overlay,
+        ]
+        .into_iter()
+        .flatten()
         {
             *p = base.join(&*p);
         }
         for d in &mut self.drives {
             d.path = base.join(&d.path);
+            if let Some(o) = &mut d.overlay {
+                *o = base.join(&*o);
+            }
         }
         let sockets = [
             self.api.as_mut().and_then(|a| a.socket.as_mut()),
@@ -222,7 +263,7 @@ fn one_line(message: &str) -> String {
         .join(": ")
 }
 
-/// Parses `PATH[,ro][,id=NAME]`.
+/// Parses `PATH[,ro][,id=NAME][,overlay=PATH]`.
 pub fn parse_drive_flag(value: &str) -> Result<DriveSpec, ConfigError> {
     let mut parts = value.split(',');
     let path = parts.next().filter(|p| !p.is_empty());
@@ -233,12 +274,14 @@ pub fn parse_drive_flag(value: &str) -> Result<DriveSpec, ConfigError> {
         path: PathBuf::from(path),
         read_only: false,
         id: None,
+        overlay: None,
     };
     for part in parts {
         match part.split_once('=') {
             None if part == "ro" => spec.read_only = true,
             None if part == "rw" => spec.read_only = false,
             Some(("id", id)) => spec.id = Some(id.to_string()),
+            Some(("overlay", path)) if !path.is_empty() => spec.overlay = Some(path.into()),
             _ => return Err(ConfigError::DriveFlag(value.to_string())),
         }
     }
@@ -276,32 +319,46 @@ impl VmConfig {
         }
 
         let root = flags.rootfs.or(file.rootfs);
+        let root_overlay = flags.overlay.or(file.overlay);
         let has_root = root.is_some();
         let mut drives = Vec::new();
         if let Some(path) = root {
-            check_file("rootfs", &path, true)?;
-            drives.push(BlockConfig {
+            let image = check_file("rootfs", &path, true)?;
+            let overlay = match root_overlay {
+                Some(at) => Overlay::At(at),
+                // A qcow2 root disk is a base or a snapshot: never written.
+                None if image.qcow2 => Overlay::Temporary,
+                None => Overlay::None,
+            };
+            drives.push(DriveConfig {
                 path,
                 read_only: false,
                 id: "rootfs".to_string(),
+                overlay,
             });
+        } else if let Some(at) = root_overlay {
+            return Err(ConfigError::OverlayWithoutImage(at));
         }
         for spec in file.drives.into_iter().chain(flags.drives) {
             check_file("drive", &spec.path, true)?;
+            if spec.read_only && spec.overlay.is_some() {
+                return Err(ConfigError::ReadOnlyOverlay(spec.path));
+            }
             // Extra drives are numbered from 1 whether or not there is a root disk.
             let extra = drives.len() - usize::from(has_root) + 1;
             let id = spec.id.unwrap_or_else(|| format!("drive{extra}"));
-            let clash = drives.iter().any(|d: &BlockConfig| d.id == id);
+            let clash = drives.iter().any(|d: &DriveConfig| d.id == id);
             if id.is_empty() || id.len() > MAX_DRIVE_ID_LEN || clash {
                 return Err(ConfigError::DriveId {
                     path: spec.path,
                     id,
                 });
             }
-            drives.push(BlockConfig {
+            drives.push(DriveConfig {
                 path: spec.path,
                 read_only: spec.read_only,
                 id,
+                overlay: spec.overlay.map_or(Overlay::None, Overlay::At),
             });
         }
         let api_socket = flags
@@ -437,7 +494,13 @@ fn bad(what: &'static str, path: &Path, reason: impl Into<String>) -> ConfigErro
 }
 
 /// Checks a file can be opened and is non-empty; disks must also be whole sectors.
-fn check_file(what: &'static str, path: &Path, disk: bool) -> Result<u64, ConfigError> {
+/// What `check_file` learned of a file.
+struct Checked {
+    /// Starts with the qcow2 magic: its size is not the disk's.
+    qcow2: bool,
+}
+
+fn check_file(what: &'static str, path: &Path, disk: bool) -> Result<Checked, ConfigError> {
     use std::os::unix::fs::FileTypeExt;
     let meta = std::fs::metadata(path).map_err(|e| bad(what, path, e.to_string()))?;
     let kind = meta.file_type();
@@ -462,14 +525,19 @@ fn check_file(what: &'static str, path: &Path, disk: bool) -> Result<u64, Config
     if size == 0 {
         return Err(bad(what, path, "is empty"));
     }
-    if disk && size % 512 != 0 {
+    let qcow2 = disk && {
+        let mut magic = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+            && magic == QCOW2_MAGIC
+    };
+    if disk && !qcow2 && size % 512 != 0 {
         return Err(bad(
             what,
             path,
             format!("size {size} is not a multiple of 512"),
         ));
     }
-    Ok(size)
+    Ok(Checked { qcow2 })
 }
 
 /// ELF's e_machine for x86-64.
@@ -748,17 +816,68 @@ mod tests {
     }
 
     #[test]
+    fn a_qcow2_root_disk_gets_an_overlay_and_a_raw_one_is_written_in_place() {
+        let f = Fixture::new();
+        let qcow2 = f.path("snap.qcow2");
+        let mut image = QCOW2_MAGIC.to_vec();
+        image.resize(1000, 0); // not a multiple of 512: its size is not the disk's
+        std::fs::write(&qcow2, image).unwrap();
+        let root = |rootfs: PathBuf, overlay: Option<PathBuf>| {
+            let flags = Overrides {
+                rootfs: Some(rootfs),
+                overlay,
+                ..flags_with_kernel(&f)
+            };
+            VmConfig::build(FileConfig::default(), flags).map(|c| c.drives[0].overlay.clone())
+        };
+        assert_eq!(root(qcow2.clone(), None).unwrap(), Overlay::Temporary);
+        assert_eq!(
+            root(qcow2, Some(f.path("o.qcow2"))).unwrap(),
+            Overlay::At(f.path("o.qcow2"))
+        );
+        assert_eq!(root(f.path("disk.img"), None).unwrap(), Overlay::None);
+        let file = f
+            .file("kernel = \"vmlinux\"\noverlay = \"o.qcow2\"\n")
+            .unwrap();
+        let e = VmConfig::build(file, Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("o.qcow2") && e.contains("without a root disk"),
+            "{e}"
+        );
+        let flags = Overrides {
+            drives: vec![parse_drive_flag(&format!(
+                "{},ro,overlay=x.qcow2",
+                f.path("disk.img").display()
+            ))
+            .unwrap()],
+            ..flags_with_kernel(&f)
+        };
+        let e = VmConfig::build(FileConfig::default(), flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disk.img") && e.contains("read-only"), "{e}");
+    }
+
+    #[test]
     fn drive_flags_parse() {
         assert_eq!(
             parse_drive_flag("/a.img,ro,id=x").unwrap(),
             DriveSpec {
                 path: "/a.img".into(),
                 read_only: true,
-                id: Some("x".into())
+                id: Some("x".into()),
+                overlay: None,
             }
+        );
+        assert_eq!(
+            parse_drive_flag("/a.img,overlay=/o.qcow2").unwrap().overlay,
+            Some(PathBuf::from("/o.qcow2"))
         );
         assert!(parse_drive_flag("").is_err());
         assert!(parse_drive_flag("/a.img,bogus").is_err());
+        assert!(parse_drive_flag("/a.img,overlay=").is_err());
     }
 
     #[test]

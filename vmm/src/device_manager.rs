@@ -9,7 +9,7 @@ use devices::bus::{Bus, BusError};
 use devices::legacy::acpi_pm::ACPI_PM_PORTS;
 use devices::legacy::pvpanic::PVPANIC_PORT;
 use devices::legacy::{AcpiPm, Cmos, PvPanic, Serial, I8042};
-use devices::virtio::block::{Block, BlockConfig, BlockError};
+use devices::virtio::block::{Block, BlockError};
 use devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use devices::virtio::{MmioTransport, QueueWorker, VirtioDevice, VirtioFront, MMIO_WINDOW_SIZE};
 use devices::EventFdTrigger;
@@ -109,7 +109,7 @@ impl Devices {
     pub fn build(
         vm: &VmFd,
         mem: &GuestMemoryMmap,
-        drives: &[BlockConfig],
+        drives: Vec<Block>,
         vsock: Option<&VsockSpec>,
         exit: Sender<ExitReason>,
         watcher: Arc<ConsoleWatcher>,
@@ -122,8 +122,9 @@ impl Devices {
             vsock: None,
         };
         devices.add_legacy(vm, exit, watcher)?;
-        for (index, drive) in drives.iter().enumerate() {
-            let block = devices.add_virtio(vm, mem, index, Block::new(drive)?)?;
+        let drive_count = drives.len();
+        for (index, drive) in drives.into_iter().enumerate() {
+            let block = devices.add_virtio(vm, mem, index, drive)?;
             devices.blocks.push(block);
         }
         if let Some(spec) = vsock {
@@ -131,7 +132,7 @@ impl Devices {
                 guest_cid: spec.guest_cid,
                 uds_path: spec.uds_path.clone(),
             })?;
-            devices.vsock = Some(devices.add_virtio(vm, mem, drives.len(), device)?);
+            devices.vsock = Some(devices.add_virtio(vm, mem, drive_count, device)?);
         }
         Ok(devices)
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod console;
 pub mod device_manager;
 pub mod doctor;
+pub mod drives;
 pub mod exit;
 pub mod machine;
 pub mod privileges;

@@ -72,6 +72,15 @@ enum Command {
         #[command(flatten)]
         api: ApiArg,
     },
+    /// Snapshot a sandbox's disk: its qcow2 overlay is sealed as PATH (read-only from
+    /// then on) and the sandbox carries on with a fresh overlay backed by it. New
+    /// sandboxes boot from PATH with `vmm run --rootfs PATH`. PATH must not exist and must
+    /// be on the overlay's filesystem.
+    ///
+    /// With --api-sock, the sandbox is running: the guest agent syncs and freezes the
+    /// drive's filesystems for the switch (--no-freeze skips that). Prints PATH, its
+    /// size and the guest's pause.
+    Snapshot(SnapshotArgs),
     /// End a sandbox: the guest syncs its disks and powers off.
     Terminate {
         #[command(flatten)]
@@ -87,6 +96,28 @@ struct ApiArg {
     /// The sandbox's API socket.
     #[arg(long, value_name = "PATH")]
     api_sock: PathBuf,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    /// The running sandbox's API socket.
+    #[arg(long, value_name = "PATH", required_unless_present = "disk")]
+    api_sock: Option<PathBuf>,
+    /// A stopped sandbox's overlay (a writable qcow2 image) instead of a running sandbox.
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["api_sock", "drive", "no_freeze"])]
+    disk: Option<PathBuf>,
+    /// The drive to snapshot (its id; default rootfs).
+    #[arg(long, value_name = "ID")]
+    drive: Option<String>,
+    /// Do not ask the guest agent to freeze the filesystems: the snapshot is
+    /// crash-consistent, as after a power cut (for guests without the agent).
+    #[arg(long)]
+    no_freeze: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Where the snapshot goes (a new file).
+    path: PathBuf,
 }
 
 #[derive(Args)]
@@ -162,9 +193,9 @@ fn parse_env(value: &str) -> Result<(String, String), String> {
 
 #[derive(Args)]
 struct RunArgs {
-    /// TOML config file; flags override its values. Keys: kernel, initrd, rootfs, cpus,
-    /// memory_mib, append, init, [[drives]] (path, read_only, id), [api] (socket,
-    /// lifetime_secs), [vsock] (uds_path, guest_cid).
+    /// TOML config file; flags override its values. Keys: kernel, initrd, rootfs,
+    /// overlay, cpus, memory_mib, append, init, [[drives]] (path, read_only, id, overlay),
+    /// [api] (socket, lifetime_secs), [vsock] (uds_path, guest_cid).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
@@ -173,11 +204,22 @@ struct RunArgs {
     /// Initial ramdisk.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
-    /// Root disk image, read-write, as /dev/vda (adds `root=/dev/vda rw`).
+    /// Root disk image, raw or qcow2 (by its magic), as /dev/vda (adds `root=/dev/vda rw`).
+    /// A raw image is written in place; a qcow2 image (a base or a snapshot) is never
+    /// written: the guest writes to --overlay, or to a temporary overlay deleted at exit.
     #[arg(long, value_name = "PATH")]
     rootfs: Option<PathBuf>,
-    /// Extra disk (repeatable): PATH[,ro][,id=NAME]; they follow the root disk as vdb, vdc...
-    #[arg(long = "drive", value_name = "PATH[,ro][,id=NAME]", value_parser = parse_drive)]
+    /// The root disk's writable qcow2 overlay on --rootfs: created when PATH does not
+    /// exist, resumed when it does. Live snapshots seal it (`vmm snapshot`).
+    #[arg(long, value_name = "PATH")]
+    overlay: Option<PathBuf>,
+    /// Extra disk (repeatable): PATH[,ro][,id=NAME][,overlay=PATH]; they follow the root
+    /// disk as vdb, vdc... Raw or qcow2, written in place unless `ro` or `overlay=`.
+    #[arg(
+        long = "drive",
+        value_name = "PATH[,ro][,id=NAME][,overlay=PATH]",
+        value_parser = parse_drive
+    )]
     drives: Vec<DriveSpec>,
     /// Number of vCPUs (default 1, at most 32).
     #[arg(long)]
@@ -231,6 +273,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         kernel: args.kernel,
         initrd: args.initrd,
         rootfs: args.rootfs,
+        overlay: args.overlay,
         cpus: args.cpus,
         memory_mib: args.memory_mib,
         append: args.append,
@@ -287,6 +330,7 @@ fn supervise(args: SuperviseArgs) -> anyhow::Result<i32> {
         ready_fd: args.ready_fd,
         started: Instant::now(),
         seccomp: args.security.prepare()?,
+        drives: None,
     };
     let reason = vmm::sandbox::supervise(options)?;
     log::info!("{reason}");
@@ -373,6 +417,7 @@ fn main() -> ExitCode {
             let s = c.status().await?;
             Ok(print_or_fail(&(cli::status_text(&s) + "\n")))
         }),
+        Command::Snapshot(args) => snapshot(args),
         Command::Terminate { api, grace } => client_command(&api.api_sock, |c| async move {
             c.terminate(Duration::from_secs(grace))
                 .await
@@ -380,6 +425,51 @@ fn main() -> ExitCode {
         }),
     };
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn snapshot(args: SnapshotArgs) -> i32 {
+    // The vmm serving the API may run in another directory.
+    let path = match std::path::absolute(&args.path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vmm: snapshot path {}: {e}", args.path.display());
+            return EXIT_SETUP_ERROR;
+        }
+    };
+    let Some(api) = args.api_sock else {
+        eprintln!("vmm: snapshot --disk: not available yet (needs the qcow2 engine)");
+        return EXIT_SETUP_ERROR;
+    };
+    let (drive, no_freeze, json) = (args.drive.unwrap_or_default(), args.no_freeze, args.json);
+    client_command(&api, |c| async move {
+        let r = c
+            .snapshot(&drive, &path.display().to_string(), no_freeze)
+            .await?;
+        let text = if json {
+            serde_json::json!({
+                "path": r.path,
+                "size": r.size,
+                "pause_ms": r.pause_ms,
+                "io_pause_ms": r.io_pause_ms,
+                "frozen": r.frozen,
+            })
+            .to_string()
+        } else {
+            format!(
+                "{}: {} bytes; guest paused {:.2} ms (I/O held {:.2} ms){}",
+                r.path,
+                r.size,
+                r.pause_ms,
+                r.io_pause_ms,
+                if r.frozen.is_empty() {
+                    String::new()
+                } else {
+                    format!("; froze {}", r.frozen.join(" "))
+                }
+            )
+        };
+        Ok(print_or_fail(&(text + "\n")))
+    })
 }
 
 /// Prints to stdout; EXIT_OK, or EXIT_SETUP_ERROR when stdout fails (other than a reader

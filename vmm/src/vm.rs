@@ -13,6 +13,7 @@ use crate::boot::{self, BootSpec};
 use crate::config::VmConfig;
 use crate::console::{ConsoleWatcher, RawTerminal};
 use crate::device_manager::{DeviceError, Devices};
+use crate::drives::{DriveError, Drives};
 use crate::exit::ExitReason;
 use crate::machine::{Machine, MachineError};
 use crate::seccomp::{Filters, ThreadKind};
@@ -34,6 +35,8 @@ pub enum VmError {
     Boot(#[from] boot::BootError),
     #[error(transparent)]
     Devices(#[from] DeviceError),
+    #[error(transparent)]
+    Drives(#[from] DriveError),
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
     #[error("cannot install the vCPU kick signal handler: {0}")]
@@ -69,10 +72,11 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
     regs::write_descriptor_tables(&machine.mem, entry.mode)?;
 
     let watcher = ConsoleWatcher::new();
+    let (mut drives, blocks) = Drives::open(&config.drives)?;
     let devices = Devices::build(
         &machine.vm,
         &machine.mem,
-        &config.drives,
+        blocks,
         config.vsock.as_ref(),
         exit_tx.clone(),
         watcher.clone(),
@@ -94,6 +98,8 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
         blocks,
         vsock: _vsock,
     } = devices;
+    drives.attach(&blocks);
+    let drives = Arc::new(drives);
     let (devices_seccomp, devices_exit) = (seccomp.clone(), exit_tx.clone());
     std::thread::Builder::new()
         .name("devices".into())
@@ -117,6 +123,7 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
             &exit_tx,
             setup_started,
             &seccomp,
+            drives.clone(),
         )?),
         None => None,
     };
@@ -147,11 +154,7 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
         reason = cause.exit_reason();
     }
     stop_vcpus(&stop, &handles);
-    for block in &blocks {
-        if let Err(e) = lock(block).flush() {
-            log::error!("flushing a disk failed: {e}");
-        }
-    }
+    drives.flush_all();
     terminal.restore();
     // Keep guest memory mapped until the vCPUs are gone (or abandoned at exit).
     drop(machine);
@@ -164,6 +167,7 @@ fn start_supervisor(
     exit_tx: &std::sync::mpsc::Sender<ExitReason>,
     started: Instant,
     seccomp: &Arc<Filters>,
+    drives: Arc<Drives>,
 ) -> Result<crate::sandbox::Handle, VmError> {
     let vsock = config
         .vsock
@@ -179,6 +183,7 @@ fn start_supervisor(
         ready_fd: api.ready_fd,
         started,
         seccomp: seccomp.clone(),
+        drives: Some(drives),
     };
     let exit = std::sync::Mutex::new(exit_tx.clone());
     Ok(crate::sandbox::spawn(

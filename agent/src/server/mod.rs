@@ -6,6 +6,7 @@ pub mod errors;
 pub mod exec;
 pub mod fdio;
 pub mod files;
+pub mod freeze;
 pub mod init;
 pub mod listen;
 pub mod logger;

@@ -10,9 +10,10 @@ use agent::pb::exec_input::Input;
 use agent::pb::read_file_response::Part as ReadPart;
 use agent::pb::write_file_request::Part as WritePart;
 use agent::pb::{
-    Empty, ExecInput, ExecOutput, FileInfo, ListRequest, ListResponse, MakeDirRequest, PingRequest,
-    PingResponse, ReadFileRequest, ReadFileResponse, RemoveRequest, RenameRequest, ShutdownRequest,
-    StatRequest, WriteFileRequest, WriteFileResponse,
+    Empty, ExecInput, ExecOutput, FileInfo, FreezeRequest, FreezeResponse, ListRequest,
+    ListResponse, MakeDirRequest, PingRequest, PingResponse, ReadFileRequest, ReadFileResponse,
+    RemoveRequest, RenameRequest, ShutdownRequest, StatRequest, ThawRequest, ThawResponse,
+    WriteFileRequest, WriteFileResponse,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -21,6 +22,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::path_status;
+use super::freeze::{FreezeError, Freezer, DEFAULT_TIMEOUT};
 use super::reaper::Reaper;
 use super::sandbox_cgroup::SandboxCgroup;
 use super::{exec, files, init, session};
@@ -37,6 +39,7 @@ pub struct AgentService {
     etc: PathBuf,
     /// Tells `main` to shut down (after this RPC's reply has gone out).
     shutdown: mpsc::Sender<()>,
+    freezer: Arc<Freezer>,
 }
 
 impl AgentService {
@@ -51,6 +54,7 @@ impl AgentService {
             cgroup,
             etc: PathBuf::from("/etc"),
             shutdown,
+            freezer: Arc::default(),
         }
     }
 }
@@ -268,4 +272,48 @@ impl Agent for AgentService {
         let _ = self.shutdown.try_send(());
         Ok(Response::new(Empty {}))
     }
+
+    async fn freeze(
+        &self,
+        request: Request<FreezeRequest>,
+    ) -> Result<Response<FreezeResponse>, Status> {
+        let request = request.into_inner();
+        let timeout = match request.timeout_ms {
+            0 => DEFAULT_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        let freezer = self.freezer.clone();
+        // No time limit of our own: the sync may take long with much dirty data, and the
+        // host's call has its deadline. Not under FILE_OPS either: a freeze is rare.
+        let (generation, reply) =
+            tokio::task::spawn_blocking(move || freezer.freeze(&request.disk_serial))
+                .await
+                .map_err(|e| Status::internal(format!("freeze failed: {e}")))?
+                .map_err(|e| freeze_status(&e))?;
+        log::info!("froze {:?} for a snapshot", reply.mountpoints);
+        let freezer = self.freezer.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let _ = tokio::task::spawn_blocking(move || freezer.thaw_if(generation)).await;
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn thaw(&self, _: Request<ThawRequest>) -> Result<Response<ThawResponse>, Status> {
+        let freezer = self.freezer.clone();
+        let reply = tokio::task::spawn_blocking(move || freezer.thaw())
+            .await
+            .map_err(|e| Status::internal(format!("thaw failed: {e}")))?;
+        Ok(Response::new(reply))
+    }
+}
+
+fn freeze_status(e: &FreezeError) -> Status {
+    let code = match e {
+        FreezeError::AlreadyFrozen => tonic::Code::FailedPrecondition,
+        FreezeError::Plan { source, .. } | FreezeError::Mount { source, .. } => {
+            super::errors::io_code(source)
+        }
+    };
+    Status::new(code, e.to_string())
 }

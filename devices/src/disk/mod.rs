@@ -32,6 +32,9 @@ pub use qcow2::Qcow2Image;
 pub use raw::RawFile;
 pub(crate) use storage::lock_image;
 
+/// The first four bytes of every qcow2 image.
+pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";
+
 /// Storage behind a virtio-blk device. Offsets and lengths are already checked against
 /// `size()` by the request parser.
 pub trait DiskEngine: Send + Sync {

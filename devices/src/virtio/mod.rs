@@ -4,10 +4,12 @@ pub mod block;
 mod front;
 mod mmio;
 mod queue;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_ring;
 pub mod vsock;
 
 pub use front::{QueueWorker, VirtioFront};
-pub use mmio::{MmioTransport, MMIO_WINDOW_SIZE};
+pub use mmio::{regs as mmio_regs, MmioTransport, MMIO_WINDOW_SIZE};
 pub use queue::{collect_chain, pop_chain, ChainTooLong, QueueBroken};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -9,6 +9,7 @@ mod exec_id;
 mod output;
 mod server;
 mod service;
+mod snapshot;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +28,7 @@ pub use exec_id::validate as validate_exec_id;
 pub use output::{Budget, OutputError, OutputLog};
 pub use server::ServeError;
 pub use service::summarize_argv;
+pub use snapshot::{DriveSnapshots, Sealed, SnapshotError, DEFAULT_DRIVE};
 
 use crate::seccomp::{Filters, ThreadKind};
 use exec::Exec;
@@ -53,6 +55,8 @@ pub struct Options {
     pub started: Instant,
     /// The supervisor thread installs its filter from these before it serves anyone.
     pub seccomp: Arc<Filters>,
+    /// The VM's drives, for live snapshots; None in the test jail.
+    pub drives: Option<Arc<dyn DriveSnapshots>>,
 }
 
 /// Default time the guest gets to sync and power off on Terminate.
@@ -82,6 +86,8 @@ pub struct Supervisor {
     stop_serving: tokio::sync::watch::Sender<bool>,
     /// Becomes true once the API server has stopped.
     served: tokio::sync::watch::Receiver<bool>,
+    /// One snapshot at a time: the agent holds one freeze.
+    snapshot_lock: tokio::sync::Mutex<()>,
 }
 
 /// How long in-flight API answers (the Terminate reply itself) get before the end.
@@ -203,6 +209,7 @@ pub fn spawn(
         on_end,
         stop_serving,
         served,
+        snapshot_lock: tokio::sync::Mutex::new(()),
     });
     let handle = Handle {
         end_cause: supervisor.end_cause.clone(),

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use agent::api::sandbox_server::Sandbox;
 use agent::api::{
-    exec_request, status_response::State, Attach, ExecEvent, ExecInfo, ExecRequest, StartExec,
-    StatusRequest, StatusResponse, TerminateRequest, TerminateResponse,
+    exec_request, status_response::State, Attach, ExecEvent, ExecInfo, ExecRequest,
+    SnapshotRequest, SnapshotResponse, StartExec, StatusRequest, StatusResponse, TerminateRequest,
+    TerminateResponse,
 };
 use agent::pb::{self, exec_input, exec_output, ExecInput};
 use devices::bus::lock;
@@ -396,5 +397,16 @@ impl Sandbox for SandboxService {
         lock(&supervisor.health).state = State::Terminating;
         tokio::spawn(async move { supervisor.terminate(grace, EndCause::Terminated).await });
         Ok(Response::new(TerminateResponse {}))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<SnapshotResponse>, Status> {
+        if self.supervisor.terminating.load(Ordering::SeqCst) {
+            return Err(Status::failed_precondition("the sandbox is terminating"));
+        }
+        let reply = self.supervisor.snapshot(request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 }

@@ -67,6 +67,8 @@ pub enum BlockError {
     UnalignedSize { path: PathBuf, size: u64 },
     #[error("disk image {path} is empty")]
     Empty { path: PathBuf },
+    #[error("the disk cannot change its size from {from} to {to} bytes while the guest runs")]
+    SizeChanged { from: u64, to: u64 },
     #[error("drive id {0:?} is longer than 20 bytes")]
     IdTooLong(String),
     #[error("cannot create an eventfd")]
@@ -74,7 +76,7 @@ pub enum BlockError {
 }
 
 pub struct Block {
-    engine: Box<dyn DiskEngine>,
+    engine: Arc<dyn DiskEngine>,
     read_only: bool,
     id: [u8; DEVICE_ID_LEN],
     features: u64,
@@ -114,12 +116,12 @@ impl Block {
                 size,
             });
         }
-        Self::with_engine(Box::new(engine), config.read_only, &config.id)
+        Self::with_engine(Arc::new(engine), config.read_only, &config.id)
     }
 
     /// A device over any engine (copy-on-write layers, test fakes).
     pub fn with_engine(
-        engine: Box<dyn DiskEngine>,
+        engine: Arc<dyn DiskEngine>,
         read_only: bool,
         id: &str,
     ) -> Result<Self, BlockError> {
@@ -156,6 +158,25 @@ impl Block {
     /// Puts every completed write on stable storage (used when the VM stops).
     pub fn flush(&self) -> std::io::Result<()> {
         self.engine.flush()
+    }
+
+    /// The engine requests go to.
+    pub fn engine(&self) -> &Arc<dyn DiskEngine> {
+        &self.engine
+    }
+
+    /// Sends every later request to `engine` (a live snapshot's fresh overlay). Whoever
+    /// holds `&mut self` holds the device thread between two requests, so none is in
+    /// flight. The guest was told the disk's size: the new engine must have it.
+    pub fn replace_engine(&mut self, engine: Arc<dyn DiskEngine>) -> Result<(), BlockError> {
+        if engine.size() != self.engine.size() {
+            return Err(BlockError::SizeChanged {
+                from: self.engine.size(),
+                to: engine.size(),
+            });
+        }
+        self.engine = engine;
+        Ok(())
     }
 
     fn process_queue(&mut self) {
@@ -326,7 +347,7 @@ mod tests {
             entered: entered_tx,
             release: std::sync::Mutex::new(release_rx),
         };
-        let block = Block::with_engine(Box::new(engine), false, "slow").unwrap();
+        let block = Block::with_engine(Arc::new(engine), false, "slow").unwrap();
         let (mut front, worker) = VirtioFront::new(block).unwrap();
         let mem = guest_memory();
         let queue = virtio_queue::mock::MockSplitQueue::create(&mem, vm_memory::GuestAddress(0), 8);

@@ -41,9 +41,9 @@ struct Guest {
     rx_kick: EventFd,
     tx_kick: EventFd,
     rx_free: Vec<u64>,
-    rx_posted: HashMap<u16, u64>,
+    rx_posted: HashMap<u32, u64>,
     tx_free: Vec<u64>,
-    tx_posted: HashMap<u16, u64>,
+    tx_posted: HashMap<u32, u64>,
     rx_budget: usize,
     inbox: VecDeque<Pkt>,
 }
@@ -110,8 +110,11 @@ impl Guest {
         let mut posted = false;
         while self.rx_posted.len() < self.rx_budget {
             let addr = self.rx_free.pop().unwrap();
-            let head = self.rx.post(&[(addr, RX_BUF_LEN, true)]);
-            self.rx_posted.insert(head, addr);
+            let head = self
+                .rx
+                .post(&[(addr, RX_BUF_LEN, true)])
+                .expect("room in the rx ring");
+            self.rx_posted.insert(u32::from(head), addr);
             posted = true;
         }
         if posted {
@@ -202,8 +205,8 @@ impl Guest {
         if !payload.is_empty() {
             chain.push((slot + 0x100, payload.len() as u32, false));
         }
-        let head = self.tx.post(&chain);
-        self.tx_posted.insert(head, slot);
+        let head = self.tx.post(&chain).expect("room in the tx ring");
+        self.tx_posted.insert(u32::from(head), slot);
         self.tx_kick.write(1).unwrap();
         self.poll();
     }
@@ -483,8 +486,9 @@ fn malformed_packets_are_dropped_or_reset_and_the_queue_goes_on() {
     g.send_raw(slot, &[0u8; 20], &[]);
     let hdr = pkt(VSOCK_OP_RW, 6, 5000, 0);
     for (addr, len, write) in [(slot, 44, true), (0xF_0000_0000, 44, false)] {
-        let head = g.tx.post(&[(addr, len, write)]);
-        g.tx_posted.insert(head, g.tx_free.pop().unwrap());
+        let head = g.tx.post(&[(addr, len, write)]).unwrap();
+        g.tx_posted
+            .insert(u32::from(head), g.tx_free.pop().unwrap());
     }
     let slot = g.tx_free.pop().unwrap();
     g.send_raw(slot, &PacketHeader { len: 70_000, ..hdr }.to_bytes(), b"x");
