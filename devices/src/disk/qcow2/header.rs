@@ -6,7 +6,7 @@ use std::path::Path;
 use super::super::storage::Storage;
 use crate::disk::ImageError;
 
-pub(crate) const MAGIC: [u8; 4] = *b"QFI\xfb";
+pub(crate) const MAGIC: [u8; 4] = crate::disk::QCOW2_MAGIC;
 const V2_HEADER_LEN: u32 = 72;
 const V3_HEADER_LEN: u32 = 104;
 /// Our new images also carry the compression type byte, padded to 8.
