@@ -102,6 +102,7 @@ fn lower_layers_are_never_written() {
     }
     img.flush().unwrap();
     drop(img);
+    assert_clean(&top);
     for (i, bytes) in before.iter().enumerate() {
         let name = if i == 0 {
             "l0.raw".into()
@@ -283,8 +284,8 @@ fn sealing_the_top_and_continuing_on_a_new_overlay() {
     );
 
     drop((img, next));
-    assert_consistent(&top);
-    assert_consistent(&overlay);
+    assert_clean(&top);
+    assert_clean(&overlay);
     let info = image_info(&overlay).unwrap();
     assert_eq!(info.len(), 4);
     assert_same_as(&overlay, &model);
