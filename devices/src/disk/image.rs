@@ -222,3 +222,59 @@ impl DiskEngine for DiskImage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn formats_are_detected_by_magic_and_raw_images_open_as_raw() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        std::fs::write(&raw, vec![0x5a; 1 << 20]).unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"QF").unwrap();
+        let q = dir.path().join("disk.qcow2");
+        super::super::qcow2::create(&q, 1 << 20, 16, None).unwrap();
+        let detect = |p: &Path| detect_format(&File::open(p).unwrap()).unwrap();
+        assert_eq!(detect(&raw), ImageFormat::Raw);
+        assert_eq!(detect(&empty), ImageFormat::Raw);
+        assert_eq!(detect(&q), ImageFormat::Qcow2);
+
+        let img = open_image(&raw, true).unwrap();
+        assert_eq!((img.format(), img.size()), (ImageFormat::Raw, 1 << 20));
+        assert!(img.as_qcow2().is_none());
+        let info = image_info(&raw).unwrap();
+        let blocks = std::fs::metadata(&raw).unwrap().blocks() * 512;
+        assert_eq!(info.len(), 1);
+        assert_eq!(info[0].allocated_bytes, blocks);
+        assert_eq!(info[0].cluster_size, None);
+        // Given, the format is not detected: a qcow2 file read as raw bytes.
+        let as_raw = open_image_as(&q, ImageFormat::Raw, false).unwrap();
+        assert_eq!(as_raw.format(), ImageFormat::Raw);
+        let img = open_image(&q, false).unwrap();
+        assert_eq!(img.as_qcow2().map(|q| q.cluster_size()), Some(65536));
+    }
+
+    #[test]
+    fn create_refuses_bad_arguments_and_existing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("disk.qcow2");
+        let create = super::super::qcow2::create;
+        let err = |r: Result<(), ImageError>| r.unwrap_err().to_string();
+        assert!(err(create(&q, 1 << 20, 8, None)).contains("cluster_bits"));
+        assert!(err(create(&q, 1000, 16, None)).contains("multiple of 512"));
+        assert!(err(create(&q, 1 << 50, 9, None)).contains("too large"));
+        let long = "b".repeat(600);
+        assert!(
+            err(create(&q, 1 << 20, 9, Some((&long, ImageFormat::Raw)))).contains("first cluster")
+        );
+        create(&q, 1 << 20, 16, None).unwrap();
+        let e = err(create(&q, 1 << 20, 16, None));
+        assert!(
+            e.contains("cannot create") && e.contains("disk.qcow2"),
+            "{e}"
+        );
+    }
+}

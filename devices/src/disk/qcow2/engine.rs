@@ -74,13 +74,13 @@ impl Qcow2File {
         if writable && h.version == 2 {
             return Err(ImageError::unsupported(
                 path,
-                "it is a qcow2 version 2 image, which is only read; upgrade it with `qemu-img amend -o compat=v3`",
+                "it is a qcow2 version 2 image, which opens read-only; upgrade it with `qemu-img amend -o compat=v3`",
             ));
         }
         if writable && h.nb_snapshots > 0 {
             return Err(ImageError::unsupported(
                 path,
-                format!("it has {} internal snapshots, so it is only read; delete them with `qemu-img snapshot -d`", h.nb_snapshots),
+                format!("it has internal snapshots ({}), so it opens read-only; delete them with `qemu-img snapshot -d`", h.nb_snapshots),
             ));
         }
         let io_err = |e| ImageError::io(path, e);

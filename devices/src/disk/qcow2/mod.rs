@@ -73,7 +73,8 @@ impl Qcow2Image {
     /// later write through this handle fails (EROFS), and its lock becomes shared on the
     /// same descriptor (Linux converts a flock in place; only a process that grabs the
     /// file exclusively in that instant could make the downgrade fail). O(1): nothing is
-    /// reopened or copied.
+    /// reopened or copied. The caller drains in-flight requests first (a write already
+    /// past its lookup would land in the sealed layer).
     pub fn seal(&self) -> Result<Arc<Layer>, ImageError> {
         self.file.seal()?;
         if let Some(lock) = &self.file.lock {
