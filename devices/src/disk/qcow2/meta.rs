@@ -61,6 +61,9 @@ pub(crate) struct Meta {
     /// A cluster-sized buffer for copy-on-write (allocated on first use).
     pub bounce: Vec<u8>,
     scratch: Vec<u8>,
+    /// L2 lookups so far (tests count what a read through a chain costs).
+    #[cfg(test)]
+    pub lookups: u64,
 }
 
 impl Meta {
@@ -83,6 +86,8 @@ impl Meta {
             freed: Vec::new(),
             bounce: Vec::new(),
             scratch: Vec::new(),
+            #[cfg(test)]
+            lookups: 0,
         }
     }
 
@@ -90,6 +95,10 @@ impl Meta {
     pub(crate) fn lookup(&mut self, file: &dyn Storage, cluster: u64) -> io::Result<Cluster> {
         let (l1i, l2i) = self.geo.split(cluster);
         let (mask, v3) = (self.geo.cluster_mask(), self.geo.v3);
+        #[cfg(test)]
+        {
+            self.lookups += 1;
+        }
         if let Some(table) = self.l2.get(l1i) {
             return Cluster::decode(table[l2i], mask, v3)
                 .map_err(|e| invalid(format!("L2 entry of cluster {cluster}: {e}")));

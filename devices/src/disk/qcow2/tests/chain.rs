@@ -74,6 +74,42 @@ fn chains_up_to_the_limit_open_and_read_through_every_layer() {
     );
 }
 
+/// L2 lookups made so far in every qcow2 layer below the top.
+fn lower_lookups(img: &Qcow2Image) -> u64 {
+    let mut layer = img.backing().cloned();
+    let mut n = 0;
+    while let Some(l) = layer {
+        if let crate::disk::layer::LayerKind::Qcow2(q) = l.kind() {
+            n += q.meta().unwrap().lookups;
+        }
+        layer = l.backing().cloned();
+    }
+    n
+}
+
+/// Once the chain's owners are cached, a read costs a lookup in the top and one in the
+/// layer that holds the data, however deep the chain.
+#[test]
+fn reads_through_a_deep_chain_cost_two_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let (top, model) = chain(dir.path(), MAX_LAYERS - 1);
+    let img = Qcow2Image::open(&top, false).unwrap();
+    assert_eq!(read(&img, 0, SIZE as usize), model);
+    let before = lower_lookups(&img);
+    let reads = SIZE / 4096;
+    for i in 0..reads {
+        assert_eq!(
+            read(&img, i * 4096, 4096),
+            model[i as usize * 4096..][..4096]
+        );
+    }
+    let lower = lower_lookups(&img) - before;
+    assert!(
+        lower <= reads,
+        "{lower} lookups below the top for {reads} reads"
+    );
+}
+
 #[test]
 fn lower_layers_are_never_written() {
     let dir = tempfile::tempdir().unwrap();
