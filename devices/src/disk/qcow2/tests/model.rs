@@ -247,3 +247,50 @@ fn random_operations_match_the_model_64k_clusters() {
     run_case(16, Below::Raw, 8, 1000);
     run_case(16, Below::Qcow2, 9, 1000);
 }
+
+/// The engine is shared by threads (`&self`): four of them on disjoint quarters of the
+/// disk, each with its own model, on a raw backing file.
+#[test]
+fn concurrent_requests_on_disjoint_ranges_match_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 1 << 20;
+    let (backing, base) = make_backing(dir.path(), Below::Raw, size, 21);
+    let layer = backing.as_ref().map(|(p, _)| Layer::open(p).unwrap());
+    let mem = MemStorage::new(top_in_memory(dir.path(), size, 12, &backing));
+    let img = open_mem(&mem, true, layer).unwrap();
+    let quarter = size / 4;
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (img, base) = (&img, &base);
+            s.spawn(move || {
+                let start = t * quarter;
+                // The whole disk, of which this thread owns one quarter.
+                let mut model = base.clone();
+                let mut rng = Rng::new(100 + t);
+                for _ in 0..300 {
+                    let op = match random_op(&mut rng, quarter, 4096, false) {
+                        Op::Write { offset, len, seed } => Op::Write {
+                            offset: offset + start,
+                            len,
+                            seed,
+                        },
+                        Op::Discard { offset, len } => Op::Discard {
+                            offset: offset + start,
+                            len,
+                        },
+                        Op::Zeroes { offset, len, unmap } => Op::Zeroes {
+                            offset: offset + start,
+                            len,
+                            unmap,
+                        },
+                        other => other,
+                    };
+                    apply(&op, img, &mut model);
+                }
+                let mine = start as usize..(start + quarter) as usize;
+                assert_eq!(read(img, start, quarter as usize), model[mine]);
+            });
+        }
+    });
+    img.flush().unwrap();
+}
