@@ -22,7 +22,7 @@ AGENT ?= $(AGENT_BIN)
 # Debian packages the tests and benchmarks use (the image scripts install their own;
 # cpio and kmod build the emulated KVM host's initramfs; python3-venv holds the stock
 # Python gRPC client of the tests, from mk/python-grpcio.sh).
-TEST_PACKAGES := gcc qemu-system-x86 e2fsprogs protobuf-compiler cpio kmod python3-venv
+TEST_PACKAGES := gcc qemu-system-x86 qemu-utils e2fsprogs protobuf-compiler cpio kmod python3-venv
 
 include mk/images.mk
 

@@ -96,6 +96,7 @@ pub struct Vmm {
     stdin: Option<Vec<u8>>,
     timeout: Duration,
     run_as: Option<unprivileged::RunAs>,
+    env: Vec<(OsString, OsString)>,
 }
 
 impl Vmm {
@@ -110,6 +111,7 @@ impl Vmm {
             stdin: None,
             timeout: DEFAULT_TIMEOUT,
             run_as: None,
+            env: Vec::new(),
         }
     }
 
@@ -170,6 +172,13 @@ impl Vmm {
         self
     }
 
+    /// An environment variable for the vmm process.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
     /// Runs the vmm as this user instead of ours.
     pub fn run_as(mut self, user: unprivileged::RunAs) -> Self {
         self.run_as = Some(user);
@@ -200,6 +209,7 @@ impl Vmm {
         }
         let mut child = cmd
             .args(&args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

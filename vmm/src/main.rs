@@ -81,6 +81,9 @@ enum Command {
     /// drive's filesystems for the switch (--no-freeze skips that). Prints PATH, its
     /// size and the guest's pause.
     Snapshot(SnapshotArgs),
+    /// Inspect, flatten or remove disk images (raw or qcow2 with backing files).
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// End a sandbox: the guest syncs its disks and powers off.
     Terminate {
         #[command(flatten)]
@@ -96,6 +99,36 @@ struct ApiArg {
     /// The sandbox's API socket.
     #[arg(long, value_name = "PATH")]
     api_sock: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Show an image's chain, top first: format, virtual size, and the bytes each layer
+    /// stores. Works on images a running sandbox uses.
+    Info {
+        /// Print one JSON object ({"layers": [...]}).
+        #[arg(long)]
+        json: bool,
+        path: PathBuf,
+    },
+    /// Write the whole content of an image's chain as one standalone image (sparse).
+    Flatten {
+        /// The format of OUT.
+        #[arg(long, value_enum, default_value = "raw")]
+        format: FlatFormat,
+        path: PathBuf,
+        /// The new image (must not exist).
+        out: PathBuf,
+    },
+    /// Remove an image file, unless a running sandbox uses it (as its overlay or as a
+    /// layer below one).
+    Rm { path: PathBuf },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FlatFormat {
+    Raw,
+    Qcow2,
 }
 
 #[derive(Args)]
@@ -418,6 +451,10 @@ fn main() -> ExitCode {
             Ok(print_or_fail(&(cli::status_text(&s) + "\n")))
         }),
         Command::Snapshot(args) => snapshot(args),
+        Command::Image(command) => image(command).unwrap_or_else(|e| {
+            eprintln!("vmm: {}", error_chain(&e));
+            EXIT_SETUP_ERROR
+        }),
         Command::Terminate { api, grace } => client_command(&api.api_sock, |c| async move {
             c.terminate(Duration::from_secs(grace))
                 .await
@@ -437,8 +474,18 @@ fn snapshot(args: SnapshotArgs) -> i32 {
         }
     };
     let Some(api) = args.api_sock else {
-        eprintln!("vmm: snapshot --disk: not available yet (needs the qcow2 engine)");
-        return EXIT_SETUP_ERROR;
+        let disk = args.disk.unwrap_or_default();
+        return match vmm::drives::seal::seal_stopped(&disk, &path) {
+            Ok((path, size)) => print_or_fail(&if args.json {
+                serde_json::json!({ "path": path, "size": size }).to_string() + "\n"
+            } else {
+                format!("{}: {size} bytes\n", path.display())
+            }),
+            Err(e) => {
+                eprintln!("vmm: snapshot of {}: {e}", disk.display());
+                EXIT_SETUP_ERROR
+            }
+        };
     };
     let (drive, no_freeze, json) = (args.drive.unwrap_or_default(), args.no_freeze, args.json);
     client_command(&api, |c| async move {
@@ -470,6 +517,24 @@ fn snapshot(args: SnapshotArgs) -> i32 {
         };
         Ok(print_or_fail(&(text + "\n")))
     })
+}
+
+fn image(command: ImageCommand) -> anyhow::Result<i32> {
+    let text = match command {
+        ImageCommand::Info { json, path } => cli::image::info(&path, json)?,
+        ImageCommand::Flatten { format, path, out } => {
+            let format = match format {
+                FlatFormat::Raw => devices::disk::ImageFormat::Raw,
+                FlatFormat::Qcow2 => devices::disk::ImageFormat::Qcow2,
+            };
+            cli::image::flatten(&path, &out, format)?
+        }
+        ImageCommand::Rm { path } => {
+            cli::image::remove(&path)?;
+            String::new()
+        }
+    };
+    Ok(print_or_fail(&text))
 }
 
 /// Prints to stdout; EXIT_OK, or EXIT_SETUP_ERROR when stdout fails (other than a reader

@@ -154,7 +154,7 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
         reason = cause.exit_reason();
     }
     stop_vcpus(&stop, &handles);
-    drives.flush_all();
+    drives.close();
     terminal.restore();
     // Keep guest memory mapped until the vCPUs are gone (or abandoned at exit).
     drop(machine);

@@ -30,7 +30,7 @@ pub use image::{
 pub use layer::Layer;
 pub use qcow2::Qcow2Image;
 pub use raw::RawFile;
-pub(crate) use storage::lock_image;
+pub use storage::lock_image;
 
 /// The first four bytes of every qcow2 image.
 pub const QCOW2_MAGIC: [u8; 4] = *b"QFI\xfb";

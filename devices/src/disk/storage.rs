@@ -188,7 +188,7 @@ pub(crate) fn pwrite_volatile(fd: RawFd, buf: &VolatileSlice<'_>, offset: u64) -
 /// An exclusive lock for a writable image, a shared one for a read-only image (flock:
 /// per open file, so the same file as two drives of one VM conflicts too). Two writers,
 /// or a writer and a reader, would corrupt each other's view of the filesystem.
-pub(crate) fn lock_image(file: &File, read_only: bool) -> io::Result<()> {
+pub fn lock_image(file: &File, read_only: bool) -> io::Result<()> {
     let mode = if read_only {
         libc::LOCK_SH
     } else {

@@ -2,6 +2,7 @@
 
 pub mod cp;
 pub mod exec;
+pub mod image;
 
 use std::path::Path;
 
@@ -38,7 +39,11 @@ pub async fn connect(api_socket: &Path) -> Result<Client, ClientError> {
 /// Prints a client error and returns the exit status it maps to.
 pub fn report(e: &ClientError) -> i32 {
     let mut line = e.to_string();
-    let mut source = std::error::Error::source(e);
+    // A status's own Display repeats its message with the code's description.
+    let mut source = match e {
+        ClientError::Status(_) => None,
+        _ => std::error::Error::source(e),
+    };
     while let Some(s) = source {
         line.push_str(": ");
         line.push_str(&s.to_string());

@@ -1,0 +1,360 @@
+//! Disk images, overlays and live snapshots with tiny guests (tier 1): the pattern writer
+//! (test=blkwrite) keeps writing while its disk is snapshotted, and a second VM booted
+//! from the snapshot reads exactly the disk as it was then (test=blkscan).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vmm_tests::{Outcome, Running, Vmm, TINY_ELF};
+
+/// Sectors the pattern writer cycles through.
+const SECTORS: u32 = 64;
+const SECTOR: usize = 512;
+const DISK_BYTES: u64 = 1 << 20;
+
+struct Dir {
+    _tmp: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Dir {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().to_path_buf();
+        fs::create_dir(path.join("tmp")).unwrap();
+        Self { _tmp: tmp, path }
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// A zeroed raw base image.
+    fn base(&self) -> PathBuf {
+        let base = self.join("base.img");
+        fs::File::create(&base)
+            .unwrap()
+            .set_len(DISK_BYTES)
+            .unwrap();
+        base
+    }
+
+    /// A tiny guest in `mode` on `rootfs` (and `overlay`), with its temporary files in
+    /// this directory's tmp/ (so a test sees what it leaves behind).
+    fn guest(&self, mode: &str, rootfs: &Path, overlay: Option<&Path>) -> Vmm {
+        let mut vmm = Vmm::guest(TINY_ELF, &format!("{mode} sectors={SECTORS}"))
+            .flag("--rootfs", rootfs)
+            .env("TMPDIR", self.join("tmp"));
+        if let Some(o) = overlay {
+            vmm = vmm.flag("--overlay", o);
+        }
+        vmm
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        fs::read_dir(self.join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+/// `vmm snapshot --json ...`; the JSON object it printed.
+fn snapshot(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["snapshot", "--json"];
+    all.extend_from_slice(args);
+    let out = Vmm::raw(all).run();
+    out.assert_code(0);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"))
+}
+
+/// (pass, first sector, last sector) runs of what the scanner read.
+fn runs(out: &Outcome) -> Vec<(u32, u32, u32)> {
+    let g = out.assert_passed();
+    assert!(
+        g.info_all("bad").is_empty(),
+        "sectors unlike their pattern\n{out}"
+    );
+    g.info_all("run")
+        .iter()
+        .map(|r| {
+            let n: Vec<u32> = r.split(' ').map(|x| x.parse().unwrap()).collect();
+            (n[0], n[1], n[2])
+        })
+        .collect()
+}
+
+/// The same runs, read on the host from a raw image.
+fn host_runs(raw: &[u8]) -> Vec<(u32, u32, u32)> {
+    let mut runs: Vec<(u32, u32, u32)> = Vec::new();
+    for s in 0..SECTORS {
+        let at = s as usize * SECTOR;
+        let pass = u32::from_le_bytes(raw[at..at + 4].try_into().unwrap());
+        match runs.last_mut() {
+            Some(run) if run.0 == pass => run.2 = s,
+            _ => runs.push((pass, s, s)),
+        }
+    }
+    runs
+}
+
+/// A cut between two passes, as a request-by-request writer leaves it: pass p+1 up to some
+/// sector, pass p after it (or one whole pass).
+fn assert_one_cut(runs: &[(u32, u32, u32)]) -> u32 {
+    match runs {
+        [(p, 0, last)] if *last == SECTORS - 1 => *p,
+        [(newer, 0, a), (older, b, last)]
+            if newer == &(older + 1) && b == &(a + 1) && *last == SECTORS - 1 =>
+        {
+            *older
+        }
+        _ => panic!("not one cut between two passes: {runs:?}"),
+    }
+}
+
+fn wait_for_pass(vm: &mut Running, pass: u32) {
+    vm.wait_for_stdout(&format!("info pass {pass}\n"), Duration::from_secs(20));
+}
+
+fn passes(vm: &Running) -> u32 {
+    vm.stdout_text()
+        .lines()
+        .filter_map(|l| l.strip_prefix("info pass "))
+        .filter_map(|n| n.parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+fn end(vm: Running, api: &Path) {
+    Vmm::raw(["terminate", "--grace", "1", "--api-sock"])
+        .arg(api)
+        .run()
+        .assert_code(0);
+    let out = vm.wait_timeout(Duration::from_secs(10));
+    assert!(matches!(out.code(), Some(0) | Some(143)), "{out}");
+}
+
+#[test]
+fn a_live_snapshot_holds_the_disk_as_it_was_while_the_guest_keeps_writing() {
+    let dir = Dir::new();
+    let base = dir.base();
+    let overlay = dir.join("sandbox.qcow2");
+    let api = dir.join("api.sock");
+    let mut vm = dir
+        .guest("blkwrite", &base, Some(&overlay))
+        .flag("--api-sock", &api)
+        .spawn();
+    wait_for_pass(&mut vm, 3);
+    let snap = dir.join("snap.qcow2");
+    let reply = snapshot(&[
+        "--no-freeze",
+        "--api-sock",
+        api.to_str().unwrap(),
+        snap.to_str().unwrap(),
+    ]);
+    assert_eq!(reply["path"], snap.to_str().unwrap());
+    assert!(reply["size"].as_u64().unwrap() > 0, "{reply}");
+    assert!(reply["io_pause_ms"].as_f64().unwrap() > 0.0, "{reply}");
+    let sealed = fs::read(&snap).unwrap();
+    assert!(
+        fs::metadata(&snap).unwrap().permissions().readonly(),
+        "a snapshot is read-only"
+    );
+    let at_snapshot = passes(&vm);
+    wait_for_pass(&mut vm, at_snapshot + 3);
+    end(vm, &api);
+    assert_eq!(
+        fs::read(&snap).unwrap(),
+        sealed,
+        "the snapshot changed after it was taken"
+    );
+
+    // What the host reads in the snapshot is one cut, at or after pass 3.
+    let flat = dir.join("snap.raw");
+    Vmm::raw(["image", "flatten"])
+        .arg(&snap)
+        .arg(&flat)
+        .run()
+        .assert_code(0);
+    let host = host_runs(&fs::read(&flat).unwrap());
+    let cut = assert_one_cut(&host);
+    assert!(
+        cut >= 3 && cut <= at_snapshot,
+        "cut at pass {cut}, {at_snapshot} printed"
+    );
+
+    // A VM booted from the snapshot reads exactly that, on a temporary overlay that is gone
+    // afterwards, and the snapshot stays as it was.
+    let scanned = dir.guest("blkscan", &snap, None).run();
+    assert_eq!(runs(&scanned), host);
+    assert_eq!(fs::read(&snap).unwrap(), sealed);
+    assert!(dir.leftovers().is_empty(), "{:?}", dir.leftovers());
+
+    // The sandbox's own overlay went on: resumed, it shows the passes after the snapshot.
+    let resumed = dir.guest("blkscan", &base, Some(&overlay)).run();
+    let later = assert_one_cut(&runs(&resumed));
+    assert!(later >= at_snapshot + 2, "the overlay ends at pass {later}");
+    for image in [&snap, &overlay] {
+        let check = std::process::Command::new("qemu-img")
+            .arg("check")
+            .arg(image)
+            .output()
+            .expect("qemu-img runs");
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+    assert_eq!(
+        fs::read(&base).unwrap(),
+        vec![0u8; DISK_BYTES as usize],
+        "the base was written"
+    );
+}
+
+#[test]
+fn a_stopped_sandbox_is_snapshotted_and_a_running_ones_overlay_is_not() {
+    let dir = Dir::new();
+    let base = dir.base();
+    let overlay = dir.join("sandbox.qcow2");
+    dir.guest("blkwrite passes=2", &base, Some(&overlay))
+        .run()
+        .assert_passed();
+    let snap = dir.join("stopped.qcow2");
+    let reply = snapshot(&["--disk", overlay.to_str().unwrap(), snap.to_str().unwrap()]);
+    assert_eq!(reply["path"], snap.to_str().unwrap());
+    assert_eq!(
+        runs(&dir.guest("blkscan", &snap, None).run()),
+        [(2, 0, SECTORS - 1)]
+    );
+
+    // While a VM has the overlay open, its lock refuses the offline snapshot and `rm`.
+    let api = dir.join("api.sock");
+    let mut vm = dir
+        .guest("blkwrite", &base, Some(&overlay))
+        .flag("--api-sock", &api)
+        .spawn();
+    wait_for_pass(&mut vm, 1);
+    let busy = Vmm::raw(["snapshot", "--disk"])
+        .arg(&overlay)
+        .arg(dir.join("busy.qcow2"))
+        .run();
+    busy.assert_code(1).assert_stderr_mentions("in use");
+    let rm = Vmm::raw(["image", "rm"]).arg(&snap).run();
+    rm.assert_code(1)
+        .assert_stderr_mentions("in use by a running sandbox");
+    assert!(snap.exists() && !dir.join("busy.qcow2").exists());
+    end(vm, &api);
+    Vmm::raw(["image", "rm"])
+        .arg(dir.join("busy.qcow2"))
+        .run()
+        .assert_code(1);
+}
+
+#[test]
+fn snapshots_that_cannot_be_taken_are_refused_and_change_nothing() {
+    let dir = Dir::new();
+    let base = dir.base();
+    let raw_drive = dir.join("data.img");
+    fs::File::create(&raw_drive)
+        .unwrap()
+        .set_len(DISK_BYTES)
+        .unwrap();
+    let overlay = dir.join("sandbox.qcow2");
+    let api = dir.join("api.sock");
+    let mut vm = dir
+        .guest("blkwrite", &base, Some(&overlay))
+        .drive(format!("{},id=data", raw_drive.display()))
+        .flag("--api-sock", &api)
+        .spawn();
+    wait_for_pass(&mut vm, 1);
+    let refused = |args: &[&str], why: &str| {
+        let mut all = vec![
+            "snapshot",
+            "--no-freeze",
+            "--api-sock",
+            api.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let out = Vmm::raw(all).run();
+        out.assert_code(125).assert_stderr_mentions(why);
+        assert!(!out.stderr.contains("code:"), "{out}");
+    };
+    let taken = dir.join("taken.qcow2");
+    fs::write(&taken, b"mine").unwrap();
+    refused(&[taken.to_str().unwrap()], "exists");
+    assert_eq!(fs::read(&taken).unwrap(), b"mine");
+    refused(
+        &["--drive", "data", dir.join("d.qcow2").to_str().unwrap()],
+        "no writable qcow2 overlay",
+    );
+    refused(
+        &["--drive", "nope", dir.join("n.qcow2").to_str().unwrap()],
+        "no drive \"nope\"",
+    );
+    refused(&["/dev/shm/vmm-test-elsewhere.qcow2"], "filesystem");
+    assert!(!Path::new("/dev/shm/vmm-test-elsewhere.qcow2").exists());
+    // Still writing, to the same overlay.
+    let now = passes(&vm);
+    wait_for_pass(&mut vm, now + 2);
+    end(vm, &api);
+    let names: Vec<_> = fs::read_dir(&dir.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".qcow2"))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn overlays_resume_only_on_their_base_and_images_name_their_faults() {
+    let dir = Dir::new();
+    let base = dir.base();
+    let overlay = dir.join("sandbox.qcow2");
+    dir.guest("blkwrite passes=1", &base, Some(&overlay))
+        .run()
+        .assert_passed();
+    let other = dir.join("other.img");
+    fs::File::create(&other)
+        .unwrap()
+        .set_len(DISK_BYTES)
+        .unwrap();
+    let out = dir.guest("blkscan", &other, Some(&overlay)).run();
+    out.assert_code(1).assert_stderr_mentions("not by");
+    assert!(out.stderr.contains("other.img"), "{out}");
+
+    // A second name on the overlay is a snapshot cut short: the overlay is not written.
+    fs::hard_link(&overlay, dir.join("torn.qcow2")).unwrap();
+    dir.guest("blkscan", &base, Some(&overlay))
+        .run()
+        .assert_code(1)
+        .assert_stderr_mentions("2 names");
+    fs::remove_file(dir.join("torn.qcow2")).unwrap();
+
+    // A missing backing file is named before the guest boots.
+    let orphan = dir.join("orphan.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-u", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(dir.join("gone.img"))
+        .arg(&orphan)
+        .arg("1M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = dir.guest("blkscan", &orphan, None).run();
+    out.assert_code(1).assert_stderr_mentions("gone.img");
+    assert!(out.guest.info_all("run").is_empty());
+
+    // `vmm image info` shows the chain.
+    let info = Vmm::raw(["image", "info", "--json"]).arg(&overlay).run();
+    info.assert_code(0);
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2, "{v}");
+    assert_eq!(layers[0]["format"], "qcow2");
+    assert_eq!(layers[1]["path"], base.to_str().unwrap());
+    assert_eq!(layers[1]["format"], "raw");
+    assert!(layers[0]["allocated_bytes"].as_u64().unwrap() >= 64 * 1024);
+}
