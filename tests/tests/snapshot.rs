@@ -3,6 +3,7 @@
 //! from the snapshot reads exactly the disk as it was then (test=blkscan).
 
 use std::fs;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -357,4 +358,35 @@ fn overlays_resume_only_on_their_base_and_images_name_their_faults() {
     assert_eq!(layers[1]["path"], base.to_str().unwrap());
     assert_eq!(layers[1]["format"], "raw");
     assert!(layers[0]["allocated_bytes"].as_u64().unwrap() >= 64 * 1024);
+}
+
+/// kill -9 while the guest writes: the overlay passes `qemu-img check` and holds every
+/// pass the guest had flushed (it prints a pass after its FLUSH completed).
+#[test]
+fn kill_9_mid_write_leaves_a_consistent_overlay_with_everything_flushed() {
+    let dir = Dir::new();
+    let base = dir.base();
+    let overlay = dir.join("sandbox.qcow2");
+    let mut vm = dir.guest("blkwrite", &base, Some(&overlay)).spawn();
+    wait_for_pass(&mut vm, 5);
+    vm.signal(libc::SIGKILL);
+    let flushed = passes(&vm);
+    let out = vm.wait_timeout(Duration::from_secs(10));
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out}");
+    let check = std::process::Command::new("qemu-img")
+        .arg("check")
+        .arg(&overlay)
+        .output()
+        .expect("qemu-img runs");
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let cut = assert_one_cut(&runs(&dir.guest("blkscan", &base, Some(&overlay)).run()));
+    assert!(
+        cut >= flushed,
+        "pass {flushed} was flushed, the overlay holds {cut}"
+    );
 }
