@@ -34,6 +34,16 @@ pub enum Backend {
     Vm,
 }
 
+/// A VM sandbox's root disk.
+pub enum RootDisk {
+    /// A private copy of build/rootfs.ext4.
+    Copy,
+    /// A qcow2 overlay (created or resumed) on a base image.
+    Overlay { base: PathBuf, overlay: PathBuf },
+    /// An image as it is: a qcow2 snapshot boots on a temporary overlay.
+    Image(PathBuf),
+}
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
     pub api_socket: PathBuf,
@@ -101,6 +111,15 @@ impl Sandbox {
 
     /// Like `start_with`, with `memory_mib` for a VM (the jail ignores it).
     pub fn start_sized(backend: Backend, memory_mib: u32, extra: &[&str]) -> Self {
+        Self::start_on(backend, memory_mib, RootDisk::Copy, extra)
+    }
+
+    /// A VM sandbox on `root`, with the default memory.
+    pub fn start_vm_on(root: RootDisk, extra: &[&str]) -> Self {
+        Self::start_on(Backend::Vm, VM_MEMORY_MIB, root, extra)
+    }
+
+    fn start_on(backend: Backend, memory_mib: u32, root: RootDisk, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let api_socket = dir.path().join("api.sock");
         let mut cmd = Command::new(vmm_bin());
@@ -113,20 +132,29 @@ impl Sandbox {
                 Some(jail)
             }
             Backend::Vm => {
-                let disk = dir.path().join("rootfs.ext4");
-                let ok = Command::new("cp")
-                    .arg("--sparse=always")
-                    .arg(repo_file("build/rootfs.ext4"))
-                    .arg(&disk)
-                    .status()
-                    .expect("cp runs");
-                assert!(ok.success(), "cannot copy build/rootfs.ext4");
                 cmd.arg("run")
                     .arg("--kernel")
                     .arg(repo_file("build/vmlinux"))
-                    .arg("--rootfs")
-                    .arg(&disk)
                     .args(["--cpus", "2", "--memory-mib", &memory_mib.to_string()]);
+                match root {
+                    RootDisk::Copy => {
+                        let disk = dir.path().join("rootfs.ext4");
+                        let ok = Command::new("cp")
+                            .arg("--sparse=always")
+                            .arg(repo_file("build/rootfs.ext4"))
+                            .arg(&disk)
+                            .status()
+                            .expect("cp runs");
+                        assert!(ok.success(), "cannot copy build/rootfs.ext4");
+                        cmd.arg("--rootfs").arg(&disk);
+                    }
+                    RootDisk::Overlay { base, overlay } => {
+                        cmd.arg("--rootfs").arg(base).arg("--overlay").arg(overlay);
+                    }
+                    RootDisk::Image(image) => {
+                        cmd.arg("--rootfs").arg(image);
+                    }
+                }
                 None
             }
         };
