@@ -16,7 +16,7 @@ async fn start(root: RootDisk) -> Sandbox {
 /// Runs `script` with sh; panics with its output unless it exits 0.
 async fn sh(c: &Client, script: &str) -> String {
     let out: ExecOutput = c.run(&["sh", "-c", script], b"").await.expect("exec");
-    let code = out.exited.as_ref().and_then(|e| e.status.clone());
+    let code = out.exited.as_ref().and_then(|e| e.status);
     assert_eq!(
         code,
         Some(agent::pb::exited::Status::Code(0)),
