@@ -68,11 +68,14 @@ bench: deps agent kernel rootfs
 	$(CARGO) bench -p devices --bench blk_queue
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/startup_bench
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/sandbox_bench
+	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/snapshot_bench
 	@if target/release/vmm doctor --json | grep -q '"linux_guests_boot":true'; then \
 		VMM_BIN=$(CURDIR)/target/release/vmm target/release/boot_bench; \
+		VMM_BIN=$(CURDIR)/target/release/vmm target/release/snapshot_bench --linux; \
 	else \
 		echo "== Linux boot bench: in the emulated KVM host (Linux cannot boot directly here) =="; \
 		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/boot_bench; \
+		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/snapshot_bench --linux; \
 	fi
 
 # The seed's loop-mount example in a real VM: directly where Linux boots, else inside

@@ -97,6 +97,7 @@ async fn tier3_a_snapshot_holds_the_filesystems_as_frozen_and_sandboxes_share_th
     // The guest thawed: it writes on.
     let after = sh(&ca, WRITE_AFTER).await;
     assert_ne!(before, after);
+    guest_thaws_after_a_failed_seal_and_by_itself(&a, &ca).await;
 
     // Started from the snapshot, while the first still runs on the same base.
     let b = start(RootDisk::Image(snap.clone())).await;
@@ -196,4 +197,56 @@ async fn tier3_kill_9_during_writes_leaves_a_clean_overlay_with_everything_synce
     )
     .await;
     stop(b).await;
+}
+
+/// A seal that fails after the freeze (a snapshot on another filesystem) still thaws the
+/// guest; and a freeze nobody thaws ends by itself after its timeout.
+async fn guest_thaws_after_a_failed_seal_and_by_itself(sb: &Sandbox, c: &Client) {
+    let elsewhere = "/dev/shm/vmm-snapshot-elsewhere.qcow2";
+    let e = c.snapshot("", elsewhere, false).await.unwrap_err();
+    assert!(e.to_string().contains("filesystem"), "{e}");
+    // Frozen, this would wait for the agent's 10 s timeout.
+    sh(c, "timeout 5 sh -c 'echo ok > /data/after-error && sync'").await;
+
+    let channel = agent::connect::channel(sb.agent_address())
+        .await
+        .expect("connect to the agent");
+    let mut agent = agent::pb::agent_client::AgentClient::new(channel);
+    let frozen = agent
+        .freeze(agent::pb::FreezeRequest {
+            disk_serial: "rootfs".into(),
+            timeout_ms: 3000,
+        })
+        .await
+        .expect("freeze")
+        .into_inner();
+    assert_eq!(frozen.mountpoints, ["/mnt/loop", "/"]);
+    let again = agent
+        .freeze(agent::pb::FreezeRequest {
+            disk_serial: "rootfs".into(),
+            timeout_ms: 3000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again}");
+    let blocked = c
+        .run(&["timeout", "1", "touch", "/data/while-frozen"], b"")
+        .await
+        .expect("exec");
+    assert_eq!(
+        blocked.code(),
+        Some(124),
+        "a write to a frozen filesystem waits"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    sh(c, "timeout 5 touch /data/after-timeout").await;
+    let thawed = agent
+        .thaw(agent::pb::ThawRequest {})
+        .await
+        .expect("thaw")
+        .into_inner();
+    assert!(
+        thawed.timed_out && thawed.mountpoints.is_empty(),
+        "{thawed:?}"
+    );
 }

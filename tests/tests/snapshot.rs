@@ -326,13 +326,26 @@ fn overlays_resume_only_on_their_base_and_images_name_their_faults() {
     out.assert_code(1).assert_stderr_mentions("not by");
     assert!(out.stderr.contains("other.img"), "{out}");
 
-    // A second name on the overlay is a snapshot cut short: the overlay is not written.
+    // A second name on the overlay (and a leftover next overlay) is a snapshot cut short
+    // between its link and its rename: the overlay is not written, and the state before
+    // the snapshot is whole under either name.
     fs::hard_link(&overlay, dir.join("torn.qcow2")).unwrap();
+    fs::write(dir.join(".sandbox.qcow2.next"), b"half made").unwrap();
+    let before = fs::read(&overlay).unwrap();
     dir.guest("blkscan", &base, Some(&overlay))
         .run()
         .assert_code(1)
         .assert_stderr_mentions("2 names");
+    assert_eq!(fs::read(&overlay).unwrap(), before);
+    assert_eq!(
+        runs(&dir.guest("blkscan", &dir.join("torn.qcow2"), None).run()),
+        [(1, 0, SECTORS - 1)]
+    );
     fs::remove_file(dir.join("torn.qcow2")).unwrap();
+    assert_eq!(
+        runs(&dir.guest("blkscan", &base, Some(&overlay)).run()),
+        [(1, 0, SECTORS - 1)]
+    );
 
     // A missing backing file is named before the guest boots.
     let orphan = dir.join("orphan.qcow2");

@@ -59,9 +59,13 @@ fn pause_after(mib: u64) -> (f64, f64) {
         .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
         .arg(&base)
         .arg(&overlay));
-    run(Command::new("qemu-io")
-        .args(["-c", &format!("write -q -P 0x5a 0 {mib}M")])
-        .arg(&overlay));
+    // qemu-io writes at most 2 GiB - 512 at once.
+    let mut fill = Command::new("qemu-io");
+    for at in (0..mib).step_by(256) {
+        let len = (mib - at).min(256);
+        fill.args(["-c", &format!("write -q -P 0x5a {at}M {len}M")]);
+    }
+    run(fill.arg(&overlay));
     // SAFETY: sync has no arguments.
     unsafe { libc::sync() };
     let mut vm = Vmm::guest(TINY_ELF, "blkwrite sectors=64")
