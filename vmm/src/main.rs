@@ -80,8 +80,15 @@ enum Command {
     /// With --api-sock, the sandbox is running: the guest agent syncs and freezes the
     /// drive's filesystems for the switch (--no-freeze skips that). Prints PATH, its
     /// size and the guest's pause.
+    ///
+    /// Exit status: 0 when taken; 125 when the running sandbox refused or failed it (the
+    /// reason is on stderr; nothing changed, and the guest is thawed); 1 when --disk
+    /// could not be sealed.
     Snapshot(SnapshotArgs),
     /// Inspect, flatten or remove disk images (raw or qcow2 with backing files).
+    ///
+    /// Exit status: 0 when done; 1 when the image cannot be read (the file and the reason
+    /// are on stderr), the output exists, or the image is in use (rm).
     #[command(subcommand)]
     Image(ImageCommand),
     /// End a sandbox: the guest syncs its disks and powers off.
@@ -109,6 +116,7 @@ enum ImageCommand {
         /// Print one JSON object ({"layers": [...]}).
         #[arg(long)]
         json: bool,
+        /// The image (the top of its chain).
         path: PathBuf,
     },
     /// Write the whole content of an image's chain as one standalone image (sparse).
@@ -116,13 +124,17 @@ enum ImageCommand {
         /// The format of OUT.
         #[arg(long, value_enum, default_value = "raw")]
         format: FlatFormat,
+        /// The image (the top of its chain).
         path: PathBuf,
         /// The new image (must not exist).
         out: PathBuf,
     },
     /// Remove an image file, unless a running sandbox uses it (as its overlay or as a
     /// layer below one).
-    Rm { path: PathBuf },
+    Rm {
+        /// The image file.
+        path: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -183,18 +183,24 @@ pub fn vsock(port: u32) -> io::Result<Incoming<VsockStream>> {
     Ok(ReceiverStream::new(rx))
 }
 
-/// Listens on a Unix socket at `path` (replacing a stale one), mode 0600.
+/// Listens on a Unix socket at `path` (replacing a stale one), mode 0600. The socket is
+/// bound and made private under a temporary name and then renamed, so that `path` appears
+/// only once it listens: whoever waits for it never connects too early, and never while
+/// others may.
 pub fn unix(path: &Path) -> io::Result<Incoming<Socket>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match std::fs::remove_file(path) {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let binding = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    match std::fs::remove_file(&binding) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = UnixListener::bind(&binding)?;
+    std::fs::set_permissions(&binding, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&binding, path)?;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         loop {
@@ -277,5 +283,8 @@ mod tests {
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         UnixStream::connect(&path).await.unwrap();
+        // Bound under a temporary name, then renamed: nothing else is left.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(names.len(), 1);
     }
 }
