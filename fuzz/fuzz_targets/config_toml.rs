@@ -68,7 +68,8 @@ fuzz_target!(|data: &[u8]| {
     }
     match VmConfig::build(file, flags) {
         Ok(config) => {
-            let cmdline = config.kernel_cmdline();
+            let cmdline =
+                config.kernel_cmdline(&vmm::virtio_slots::tokens(config.virtio_device_count()));
             assert!(
                 cmdline.len() < CMDLINE_MAX_SIZE,
                 "command line of {} bytes",

@@ -8,16 +8,13 @@ use std::path::{Path, PathBuf};
 use devices::disk::QCOW2_MAGIC;
 use serde::Deserialize;
 
-use crate::arch::layout::{
-    CMDLINE_MAX_SIZE, MAX_IRQ, MAX_VCPUS, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE,
-};
+use crate::arch::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
+pub use crate::virtio_slots::MAX_VIRTIO_DEVICES;
 
 /// Kernel arguments every guest gets: serial console, reset through the i8042 on reboot,
 /// reboot one second after a panic (we report the panic first), no PCI bus to probe.
 pub const BASE_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
-/// virtio-mmio devices fit the GSIs left after the legacy ones.
-pub const MAX_VIRTIO_DEVICES: usize = (MAX_IRQ - VIRTIO_IRQ_BASE + 1) as usize;
 
 pub const DEFAULT_CPUS: u8 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 1024;
@@ -418,7 +415,9 @@ impl VmConfig {
             api,
             init: flags.init.or(file.init).unwrap_or_default(),
         };
-        let len = config.kernel_cmdline().len();
+        let len = config
+            .kernel_cmdline(&crate::virtio_slots::tokens(config.virtio_device_count()))
+            .len();
         if len >= CMDLINE_MAX_SIZE {
             return Err(ConfigError::CmdlineTooLong {
                 len,
@@ -428,17 +427,15 @@ impl VmConfig {
         Ok(config)
     }
 
-    /// The full kernel command line: base arguments, root disk, one virtio-mmio entry per
-    /// device (GSI 5 onwards), then the user's text (which may hold `-- init args`).
-    pub fn kernel_cmdline(&self) -> String {
+    /// The full kernel command line: base arguments, root disk, the virtio-mmio tokens of
+    /// the devices (from the device manager), then the user's text (which may hold
+    /// `-- init args`).
+    pub fn kernel_cmdline(&self, virtio_tokens: &[String]) -> String {
         let mut parts = vec![BASE_CMDLINE.to_string()];
         if self.has_root {
             parts.push("root=/dev/vda rw".to_string());
         }
-        for i in 0..self.virtio_device_count() {
-            let (addr, irq) = virtio_slot(i);
-            parts.push(format!("virtio_mmio.device=4K@{addr:#x}:{irq}"));
-        }
+        parts.extend(virtio_tokens.iter().cloned());
         if self.api.is_some() && self.init == InitMode::Agent {
             parts.push(format!("init={AGENT_PATH}"));
         }
@@ -448,7 +445,7 @@ impl VmConfig {
         parts.join(" ")
     }
 
-    /// Drives first, then the vsock device.
+    /// How many virtio devices the VM gets: the drives and the vsock device.
     pub fn virtio_device_count(&self) -> usize {
         self.drives.len() + usize::from(self.vsock.is_some())
     }
@@ -475,14 +472,6 @@ fn check_socket_dir(what: &'static str, path: &Path) -> Result<(), ConfigError> 
             dir,
         })
     }
-}
-
-/// MMIO window and GSI of virtio device `index`.
-pub fn virtio_slot(index: usize) -> (u64, u32) {
-    (
-        VIRTIO_MMIO_BASE + index as u64 * devices::virtio::MMIO_WINDOW_SIZE,
-        VIRTIO_IRQ_BASE + index as u32,
-    )
 }
 
 fn bad(what: &'static str, path: &Path, reason: impl Into<String>) -> ConfigError {
@@ -747,7 +736,7 @@ mod tests {
         };
         let c = VmConfig::build(FileConfig::default(), flags).unwrap();
         assert_eq!(
-            c.kernel_cmdline(),
+            c.kernel_cmdline(&crate::virtio_slots::tokens(c.virtio_device_count())),
             "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd root=/dev/vda rw \
              virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6 quiet -- init-arg"
         );
@@ -776,7 +765,7 @@ mod tests {
             (vsock.guest_cid, vsock.uds_path),
             (3, f.path("api.sock.vsock"))
         );
-        let cmdline = c.kernel_cmdline();
+        let cmdline = c.kernel_cmdline(&crate::virtio_slots::tokens(c.virtio_device_count()));
         assert!(
             cmdline.ends_with("virtio_mmio.device=4K@0xd0000000:5 init=/sbin/vmm-agent"),
             "{cmdline}"
@@ -786,10 +775,8 @@ mod tests {
             ..flags_with_kernel(&f)
         };
         let file = f.file("[api]\nsocket = \"api.sock\"\n").unwrap();
-        assert!(!VmConfig::build(file, flags)
-            .unwrap()
-            .kernel_cmdline()
-            .contains("init="));
+        let c = VmConfig::build(file, flags).unwrap();
+        assert!(!c.kernel_cmdline(&[]).contains("init="));
     }
 
     #[test]

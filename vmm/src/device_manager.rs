@@ -20,9 +20,10 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout::{ACPI_PM_PORT, CMOS_PORT, COM1_IRQ, COM1_PORT, I8042_PORT};
-use crate::config::{virtio_slot, VsockSpec};
+use crate::config::VsockSpec;
 use crate::console::{ConsoleInput, ConsoleOutput, ConsoleWatcher};
 use crate::exit::ExitReason;
+use crate::virtio_slots::{SlotsFull, VirtioSlots};
 
 /// The 8250's eight registers.
 const COM1_PORT_LEN: u64 = 8;
@@ -53,6 +54,8 @@ pub enum DeviceError {
     Vsock(#[from] VsockError),
     #[error("cannot create the event manager: {0:?}")]
     EventManager(event_manager::Error),
+    #[error(transparent)]
+    Slots(#[from] SlotsFull),
 }
 
 pub struct Devices {
@@ -62,6 +65,8 @@ pub struct Devices {
     pub blocks: Vec<Arc<Mutex<Block>>>,
     /// Kept so the device (and its host socket) lives as long as the VM.
     pub vsock: Option<Arc<Mutex<Vsock>>>,
+    /// Where each virtio device went; the kernel command line declares them.
+    pub virtio_slots: VirtioSlots,
 }
 
 /// Turns a device's line that ends the VM (the i8042's reset, ACPI's power-off, pvpanic)
@@ -120,11 +125,11 @@ impl Devices {
             event_manager: EventManager::new().map_err(DeviceError::EventManager)?,
             blocks: Vec::new(),
             vsock: None,
+            virtio_slots: VirtioSlots::default(),
         };
         devices.add_legacy(vm, exit, watcher)?;
-        let drive_count = drives.len();
-        for (index, drive) in drives.into_iter().enumerate() {
-            let block = devices.add_virtio(vm, mem, index, drive)?;
+        for drive in drives {
+            let block = devices.add_virtio(vm, mem, drive)?;
             devices.blocks.push(block);
         }
         if let Some(spec) = vsock {
@@ -132,7 +137,7 @@ impl Devices {
                 guest_cid: spec.guest_cid,
                 uds_path: spec.uds_path.clone(),
             })?;
-            devices.vsock = Some(devices.add_virtio(vm, mem, drive_count, device)?);
+            devices.vsock = Some(devices.add_virtio(vm, mem, device)?);
         }
         Ok(devices)
     }
@@ -188,19 +193,19 @@ impl Devices {
         Ok(())
     }
 
-    /// Puts a virtio device in MMIO slot `index`: its front behind the transport, its
+    /// Puts a virtio device in the next MMIO slot: its front behind the transport, its
     /// worker on the device thread. Returns the worker.
     fn add_virtio<W>(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemoryMmap,
-        index: usize,
         device: W,
     ) -> Result<Arc<Mutex<W>>, DeviceError>
     where
         W: QueueWorker + MutEventSubscriber,
     {
-        let (addr, irq) = virtio_slot(index);
+        let slot = self.virtio_slots.take()?;
+        let (addr, irq) = (slot.addr, slot.irq);
         let (front, worker) = VirtioFront::new(device).map_err(DeviceError::EventFd)?;
         vm.register_irqfd(front.interrupt().irqfd(), irq)
             .map_err(kvm_err("wire a virtio interrupt"))?;

@@ -18,4 +18,5 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
+pub mod virtio_slots;
 pub mod vm;

@@ -58,7 +58,18 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
     vcpu::install_kick_handler().map_err(VmError::KickHandler)?;
 
     let machine = Machine::new(config.memory_bytes())?;
-    let cmdline = config.kernel_cmdline();
+    let watcher = ConsoleWatcher::new();
+    let (mut drives, blocks) = Drives::open(&config.drives)?;
+    // The devices first: where they went is part of the kernel's command line.
+    let devices = Devices::build(
+        &machine.vm,
+        &machine.mem,
+        blocks,
+        config.vsock.as_ref(),
+        exit_tx.clone(),
+        watcher.clone(),
+    )?;
+    let cmdline = config.kernel_cmdline(&devices.virtio_slots.cmdline_tokens());
     let entry = boot::load(
         &machine.mem,
         &BootSpec {
@@ -71,16 +82,6 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
     )?;
     regs::write_descriptor_tables(&machine.mem, entry.mode)?;
 
-    let watcher = ConsoleWatcher::new();
-    let (mut drives, blocks) = Drives::open(&config.drives)?;
-    let devices = Devices::build(
-        &machine.vm,
-        &machine.mem,
-        blocks,
-        config.vsock.as_ref(),
-        exit_tx.clone(),
-        watcher.clone(),
-    )?;
     let mut vcpu_fds = Vec::with_capacity(config.cpus as usize);
     for index in 0..config.cpus {
         vcpu_fds.push(machine.create_vcpu(index, config.cpus)?);
@@ -97,6 +98,7 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
         mut event_manager,
         blocks,
         vsock: _vsock,
+        virtio_slots: _,
     } = devices;
     drives.attach(&blocks);
     let drives = Arc::new(drives);
