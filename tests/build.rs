@@ -42,7 +42,9 @@ const LDFLAGS: &[&str] = &[
     "-Wl,--no-warn-rwx-segments",
 ];
 
-const C_SOURCES: &[&str] = &["main.c", "lib.c", "boot.c", "blk.c", "vsock.c", "acpi.c"];
+const C_SOURCES: &[&str] = &[
+    "main.c", "lib.c", "boot.c", "blk.c", "vsock.c", "net.c", "acpi.c",
+];
 
 fn main() {
     let src = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap()).join("guests");

@@ -1,27 +1,14 @@
 /* test=blk: a polling virtio-mmio (version 2) virtio-blk driver that reports what
  * each device answers, including to malformed descriptor chains. */
-#include "guest.h"
+#include "virtio.h"
 
-enum {
-	MAGIC = 0x000, VERSION = 0x004, DEVICE_ID = 0x008,
-	DEVICE_FEATURES = 0x010, DEVICE_FEATURES_SEL = 0x014,
-	DRIVER_FEATURES = 0x020, DRIVER_FEATURES_SEL = 0x024,
-	QUEUE_SEL = 0x030, QUEUE_NUM_MAX = 0x034, QUEUE_NUM = 0x038,
-	QUEUE_READY = 0x044, QUEUE_NOTIFY = 0x050,
-	INTERRUPT_STATUS = 0x060, INTERRUPT_ACK = 0x064, STATUS = 0x070,
-	QUEUE_DESC_LOW = 0x080, QUEUE_DESC_HIGH = 0x084,
-	QUEUE_DRIVER_LOW = 0x090, QUEUE_DRIVER_HIGH = 0x094,
-	QUEUE_DEVICE_LOW = 0x0a0, QUEUE_DEVICE_HIGH = 0x0a4, CONFIG = 0x100,
-};
-enum { S_ACK = 1, S_DRIVER = 2, S_DRIVER_OK = 4, S_FEATURES_OK = 8 };
 enum { T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8, T_DISCARD = 11, T_WRITE_ZEROES = 13 };
-enum { D_NEXT = 1, D_WRITE = 2 };
+
 
 #define F_RO (1ull << 5)
 #define F_FLUSH (1ull << 9)
 #define F_DISCARD (1ull << 13)
 #define F_WRITE_ZEROES (1ull << 14)
-#define F_VERSION_1 (1ull << 32)
 
 #define QSIZE 8
 #define NO_STATUS 0xff
@@ -40,12 +27,6 @@ enum { D_NEXT = 1, D_WRITE = 2 };
 #define TIMEOUT_TICKS (1ull << 32)
 #define STUCK_SPINS 2000000
 
-struct desc {
-	u64 addr;
-	u32 len;
-	u16 flags;
-	u16 next;
-};
 struct seg {
 	u64 addr;
 	u32 len;

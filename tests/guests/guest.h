@@ -79,6 +79,7 @@ void test_blk(void);
 void test_blkwrite(void);
 void test_blkscan(void);
 void test_vsock(void);
+void test_net(void);
 void test_acpi(void);
 
 #endif

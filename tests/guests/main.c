@@ -59,6 +59,8 @@ void guest_main(const u8 *zp)
 		test_blkscan();
 	} else if (token_is(t, "vsock")) {
 		test_vsock();
+	} else if (token_is(t, "net")) {
+		test_net();
 	} else if (token_is(t, "triplefault")) {
 		test_triplefault();
 	} else if (token_is(t, "acpi")) {

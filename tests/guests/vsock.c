@@ -2,20 +2,8 @@
  * that opens a connection to the host, gets one refused, and echoes a host-initiated
  * connection while advertising a tiny receive buffer, checking the device's credit
  * accounting. No interrupts: the used rings are polled with bounded spins. */
-#include "guest.h"
+#include "virtio.h"
 
-enum {
-	MAGIC = 0x000, VERSION = 0x004, DEVICE_ID = 0x008,
-	DEVICE_FEATURES = 0x010, DEVICE_FEATURES_SEL = 0x014,
-	DRIVER_FEATURES = 0x020, DRIVER_FEATURES_SEL = 0x024,
-	QUEUE_SEL = 0x030, QUEUE_NUM_MAX = 0x034, QUEUE_NUM = 0x038,
-	QUEUE_READY = 0x044, QUEUE_NOTIFY = 0x050, STATUS = 0x070,
-	QUEUE_DESC_LOW = 0x080, QUEUE_DESC_HIGH = 0x084,
-	QUEUE_DRIVER_LOW = 0x090, QUEUE_DRIVER_HIGH = 0x094,
-	QUEUE_DEVICE_LOW = 0x0a0, QUEUE_DEVICE_HIGH = 0x0a4, CONFIG = 0x100,
-};
-enum { S_ACK = 1, S_DRIVER = 2, S_DRIVER_OK = 4, S_FEATURES_OK = 8 };
-enum { D_NEXT = 1, D_WRITE = 2 };
 enum { VQ_RX = 0, VQ_TX = 1, VQ_EVENT = 2, NUM_VQS = 3 };
 enum {
 	OP_REQUEST = 1, OP_RESPONSE = 2, OP_RST = 3, OP_SHUTDOWN = 4, OP_RW = 5,
@@ -24,7 +12,6 @@ enum {
 enum { TYPE_STREAM = 1, SHUTDOWN_BOTH = 3 };
 
 #define VIRTIO_ID_VSOCK 19
-#define F_VERSION_1 (1ull << 32)
 #define HOST_CID 2
 #define HDR_LEN 44
 
@@ -51,12 +38,6 @@ enum { TYPE_STREAM = 1, SHUTDOWN_BOTH = 3 };
 #define LONG_TICKS (1ull << 34)
 #define STUCK_SPINS 2000000
 
-struct desc {
-	u64 addr;
-	u32 len;
-	u16 flags;
-	u16 next;
-};
 
 struct hdr {
 	u64 src_cid, dst_cid;
