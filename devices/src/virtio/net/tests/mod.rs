@@ -2,6 +2,9 @@
 //! `rx`), the device on a real event loop (`device`), and one real TAP in a private
 //! network namespace (`real_tap`).
 
+mod device;
+mod real_tap;
+mod rx;
 mod tx;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
