@@ -7,6 +7,7 @@ use std::os::fd::RawFd;
 
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
+/// A host-side frame endpoint: `Tap`, or a fake in tests.
 pub trait NetBackend: Send {
     /// Reads the next frame into the guest ranges `bufs`, in order, then into `spill`
     /// for what does not fit; returns the frame's length (more than the ranges hold when

@@ -46,6 +46,7 @@ impl From<Tap> for TapSource {
 /// A net device's configuration.
 #[derive(Debug)]
 pub struct NetConfig {
+    /// The TAP, by name or already open.
     pub tap: TapSource,
     /// The guest's MAC address (unicast, not all zeroes).
     pub mac: [u8; 6],
@@ -54,14 +55,19 @@ pub struct NetConfig {
     pub mtu: Option<u16>,
 }
 
+/// Why a net device cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    /// The TAP cannot be opened or set up.
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// A guest MAC must be a unicast address.
     #[error("MAC address {} is multicast or all zeroes", format_mac(.0))]
     InvalidMac([u8; 6]),
+    /// Linux refuses an MTU below 68 (IPv4's minimum).
     #[error("MTU {0} is outside 68..=65535")]
     InvalidMtu(u16),
+    /// The queue or interrupt eventfds.
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
 }
@@ -71,6 +77,8 @@ fn format_mac(mac: &[u8; 6]) -> String {
     hex.join(":")
 }
 
+/// A virtio-net device on a TAP: the `QueueWorker` (and event-manager subscriber) that
+/// the VMM splits with `VirtioFront::new` and adds like blk and vsock.
 pub struct Net {
     base: DeviceBase,
     backend: Box<dyn NetBackend>,

@@ -12,12 +12,19 @@ pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
 pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// `mac` in the config space is valid.
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// The driver takes TCPv4 GSO frames.
 pub const VIRTIO_NET_F_GUEST_TSO4: u64 = 1 << 7;
+/// The driver takes TCPv6 GSO frames.
 pub const VIRTIO_NET_F_GUEST_TSO6: u64 = 1 << 8;
+/// The driver takes TSO frames with ECN (CWR set).
 pub const VIRTIO_NET_F_GUEST_ECN: u64 = 1 << 9;
+/// The driver takes UDP fragmentation offload frames.
 pub const VIRTIO_NET_F_GUEST_UFO: u64 = 1 << 10;
+/// The device takes TCPv4 GSO frames.
 pub const VIRTIO_NET_F_HOST_TSO4: u64 = 1 << 11;
+/// The device takes TCPv6 GSO frames.
 pub const VIRTIO_NET_F_HOST_TSO6: u64 = 1 << 12;
+/// The device takes TSO frames with ECN.
 pub const VIRTIO_NET_F_HOST_ECN: u64 = 1 << 13;
 /// A received frame may span several rx buffers (`num_buffers` in its header).
 pub const VIRTIO_NET_F_MRG_RXBUF: u64 = 1 << 15;
@@ -28,10 +35,15 @@ pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
 pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 
 /// TUNSETOFFLOAD flags (linux/if_tun.h): what the TAP may hand to user space.
+/// Partial checksums.
 pub const TUN_F_CSUM: u32 = 0x01;
+/// TCPv4 GSO.
 pub const TUN_F_TSO4: u32 = 0x02;
+/// TCPv6 GSO.
 pub const TUN_F_TSO6: u32 = 0x04;
+/// TSO with ECN.
 pub const TUN_F_TSO_ECN: u32 = 0x08;
+/// UDP fragmentation offload (accepted and ignored by current kernels).
 pub const TUN_F_UFO: u32 = 0x10;
 
 /// Offload sets to try, largest first: the kernel refuses a set with a flag it does not

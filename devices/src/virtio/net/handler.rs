@@ -30,6 +30,7 @@ pub enum Round {
 /// What a call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
+    /// Why it stopped.
     pub round: Round,
     /// The driver asked to be interrupted for what this call put in the used ring.
     pub interrupt: bool,

@@ -37,5 +37,7 @@ pub const NET_HDR_LEN: usize = 12;
 /// header (virtio 1.2, 5.1.6.3.1: "buffers of at least 65562 bytes").
 pub const MAX_FRAME_LEN: usize = 65562;
 
+/// Index of the receive queue (device to guest).
 pub const RX_QUEUE: usize = 0;
+/// Index of the transmit queue (guest to device).
 pub const TX_QUEUE: usize = 1;

@@ -22,25 +22,40 @@ const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_
 /// Most iovecs one readv/writev takes (Linux's UIO_MAXIOV).
 const IOV_MAX: usize = 1024;
 
+/// Why a TAP cannot be opened or set up. Each names the TAP (and the ioctl).
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
+    /// Interface names are at most 15 bytes, and some bytes are not allowed.
     #[error("TAP name {0:?} is empty, longer than 15 bytes, or holds '/', whitespace or NUL")]
     InvalidName(String),
+    /// /dev/net/tun is missing or not ours to open.
     #[error("cannot open {TUN_PATH} for TAP {tap:?}")]
     OpenTun {
+        /// The TAP's name.
         tap: String,
+        /// The open(2) error.
         #[source]
         source: io::Error,
     },
+    /// An ioctl failed (TUNSETIFF without CAP_NET_ADMIN, a TAP in use, ...).
     #[error("{ioctl} on TAP {tap:?} failed")]
     Ioctl {
+        /// The TAP's name.
         tap: String,
+        /// The ioctl's name.
         ioctl: &'static str,
+        /// The ioctl's error.
         #[source]
         source: io::Error,
     },
+    /// The kernel's TUN driver cannot do what the device needs.
     #[error("the kernel's TUN driver lacks {missing} (TUNGETFEATURES), needed by TAP {tap:?}")]
-    Unsupported { tap: String, missing: &'static str },
+    Unsupported {
+        /// The TAP's name.
+        tap: String,
+        /// The missing IFF_* flag.
+        missing: &'static str,
+    },
 }
 
 /// iovecs rebuilt for each read or write.
@@ -254,8 +269,14 @@ impl NetBackend for Tap {
     ) -> io::Result<()> {
         self.build_iovecs(mem, bufs, None)?;
         let (fd, iov) = (self.file.as_raw_fd(), &self.iovecs.0);
-        // SAFETY: as in `read_frame`; writev only reads through the iovecs.
-        let n = retry(|| unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) })?;
+        let n = match iov[..] {
+            // A frame in one piece (Linux's small frames): write(2) skips the kernel's
+            // copy and walk of an iovec array.
+            // SAFETY: as in `read_frame`; write only reads the one range.
+            [one] => retry(|| unsafe { libc::write(fd, one.iov_base, one.iov_len) })?,
+            // SAFETY: as in `read_frame`; writev only reads through the iovecs.
+            _ => retry(|| unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) })?,
+        };
         // A TAP takes a frame whole or not at all.
         let want: usize = iov.iter().map(|v| v.iov_len).sum();
         if n != want {
