@@ -85,6 +85,8 @@ pub struct Net {
     handler: Option<NetHandler>,
     /// The TAP refused a frame (EAGAIN): tx resumes when it is writable.
     tx_waiting: bool,
+    /// The TAP reported an error or hang-up (logged once).
+    tap_trouble: bool,
 }
 
 impl Net {
@@ -123,6 +125,7 @@ impl Net {
             backend,
             handler: None,
             tx_waiting: false,
+            tap_trouble: false,
         })
     }
 
@@ -243,9 +246,11 @@ impl MutEventSubscriber for Net {
             Some(_) => {}
             None if events.data() == TAP_EVENT => {
                 let set = events.event_set();
-                if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
-                    // Edge-triggered: reported once per change, no busy loop.
+                // Edge-triggered: this comes once per change of the TAP, not in a loop;
+                // reads and writes say what is wrong.
+                if set.intersects(EventSet::ERROR | EventSet::HANG_UP) && !self.tap_trouble {
                     log::warn!("virtio-net: the TAP reports an error or hang-up");
+                    self.tap_trouble = true;
                 }
                 if set.contains(EventSet::IN) {
                     self.process_rx();

@@ -104,6 +104,9 @@ impl RxQueue {
             }
             let (bufs, ranges, room) = self.offer();
             match backend.read_frame(mem, &self.ranges[..ranges], &mut self.spill) {
+                // A TAP whose interface went away reads as empty: not a frame, and not
+                // something to retry at once.
+                Ok(0) => break Round::Drained,
                 Ok(len) => self.deliver(mem, len, bufs, room, log),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Round::Drained,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

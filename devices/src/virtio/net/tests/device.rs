@@ -161,22 +161,12 @@ fn without_buffers_the_device_sleeps_until_the_driver_posts() {
     assert_eq!(d.tap.state().reads, 0);
     assert_eq!(d.pump(), 0, "and it went back to sleep: no busy loop");
     assert_eq!(d.front.interrupt().status(), 0);
-    for i in 0..43 {
-        d.rings
-            .rx
-            .post(&[(BUFS + i * 0x1_0000, 1536, true)])
-            .unwrap();
-    }
+    d.rings.post_rx(0, 43, 1536);
     d.kick(RX_QUEUE);
     d.pump();
     let used = d.rings.rx.used();
     assert_eq!(used.len(), 1, "then room for one largest frame only");
-    for i in 43..46 {
-        d.rings
-            .rx
-            .post(&[(BUFS + i * 0x1_0000, 1536, true)])
-            .unwrap();
-    }
+    d.rings.post_rx(43, 3, 1536);
     d.kick(RX_QUEUE);
     d.pump();
     let used: Vec<_> = used.into_iter().chain(d.rings.rx.used()).collect();

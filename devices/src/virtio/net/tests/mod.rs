@@ -66,6 +66,14 @@ impl Rings {
         }
     }
 
+    /// Posts `n` one-descriptor rx buffers of `len` bytes, buffer i at
+    /// BUFS + i * 0x1_0000, from i = `first`.
+    pub fn post_rx(&mut self, first: u64, n: u64, len: u32) {
+        for i in first..first + n {
+            self.rx.post(&[(BUFS + i * 0x1_0000, len, true)]).unwrap();
+        }
+    }
+
     /// A handler for a driver that acked `features` (besides VERSION_1).
     pub fn handler(&self, features: u64) -> NetHandler {
         NetHandler::new(

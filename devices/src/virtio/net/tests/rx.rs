@@ -5,19 +5,14 @@ use vm_memory::{Bytes, GuestAddress};
 use super::*;
 use crate::virtio::net::fake_tap::FakeTap;
 use crate::virtio::net::handler::Round;
+use crate::virtio::net::log_limit::LogLimit;
+use crate::virtio::net::rx::RxQueue;
 use crate::virtio::net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
 use crate::virtio::VIRTIO_RING_F_EVENT_IDX;
 
 const MRG: u64 = VIRTIO_NET_F_MRG_RXBUF;
 /// What Linux posts with MRG_RXBUF (its smallest mergeable buffer).
 const SMALL: u32 = 1536;
-
-/// Posts `n` one-descriptor buffers of `len` bytes at BUFS + i * 0x1_0000 from `first`.
-fn post_bufs(r: &mut Rings, first: u64, n: u64, len: u32) {
-    for i in first..first + n {
-        r.rx.post(&[(BUFS + i * 0x1_0000, len, true)]).unwrap();
-    }
-}
 
 fn num_buffers(r: &Rings, addr: u64) -> u16 {
     r.mem.read_obj(GuestAddress(addr + 10)).unwrap()
@@ -35,7 +30,7 @@ fn a_frame_lands_in_a_buffer_with_a_correct_header() {
         let f = frame(hdr, 1514, 5);
         tap.push(f.clone());
         r.mem.write_slice(&[0xff; 12], GuestAddress(BUFS)).unwrap();
-        post_bufs(&mut r, 0, 1, 1526);
+        r.post_rx(0, 1, 1526);
         let out = h.process_rx(&mut tap).unwrap();
         // Its only buffer used: waiting for the driver, not for the TAP.
         assert_eq!(out.round, Round::Waiting);
@@ -61,7 +56,7 @@ fn a_64k_gso_frame_spreads_over_mergeable_buffers() {
     let small = frame([0; 12], 60, 12);
     tap.push(big.clone());
     tap.push(small.clone());
-    post_bufs(&mut r, 0, 100, SMALL);
+    r.post_rx(0, 100, SMALL);
     assert_eq!(h.process_rx(&mut tap).unwrap().round, Round::Drained);
     let used = r.rx.used();
     let n = big.len().div_ceil(SMALL as usize);
@@ -104,11 +99,11 @@ fn without_buffers_the_tap_is_left_alone_until_the_driver_posts() {
     let flags: u16 = r.mem.read_obj(GuestAddress(r.rx.used_ring())).unwrap();
     assert_eq!(flags, 0);
     // Its notification: two buffers, two frames, then waiting again.
-    post_bufs(&mut r, 0, 2, 1526);
+    r.post_rx(0, 2, 1526);
     assert_eq!(h.process_rx(&mut tap).unwrap().round, Round::Waiting);
     assert_eq!(r.rx.used().len(), 2);
     assert_eq!(tap.state().to_guest.len(), 1);
-    post_bufs(&mut r, 2, 2, 1526);
+    r.post_rx(2, 2, 1526);
     assert_eq!(h.process_rx(&mut tap).unwrap().round, Round::Drained);
     let used = r.rx.used();
     assert_eq!(used, vec![(2, 114)]);
@@ -125,10 +120,10 @@ fn mergeable_buffers_wait_for_room_for_the_largest_frame() {
     let mut tap = FakeTap::new(0);
     tap.push(frame([0; 12], 60, 0));
     // 40 * 1536 < 65562: a 64 KiB frame might come next; the ring has room for more.
-    post_bufs(&mut r, 0, 40, SMALL);
+    r.post_rx(0, 40, SMALL);
     assert_eq!(h.process_rx(&mut tap).unwrap().round, Round::Waiting);
     assert_eq!(tap.state().reads, 0);
-    post_bufs(&mut r, 40, 3, SMALL);
+    r.post_rx(40, 3, SMALL);
     h.process_rx(&mut tap).unwrap();
     assert_eq!(r.rx.used(), vec![(0, 72)]);
     assert_eq!(tap.state().reads, 1);
@@ -144,7 +139,7 @@ fn a_ring_smaller_than_the_largest_frame_still_gets_what_fits() {
     tap.push(fits.clone());
     tap.push(too_big);
     tap.push(fits.clone());
-    post_bufs(&mut r, 0, 16, SMALL);
+    r.post_rx(0, 16, SMALL);
     h.process_rx(&mut tap).unwrap();
     // The whole ring holds 24576 bytes: the first frame fits; then the device waits
     // for the driver to post again.
@@ -153,7 +148,7 @@ fn a_ring_smaller_than_the_largest_frame_still_gets_what_fits() {
     assert_eq!(tap.state().to_guest.len(), 2);
     // The ring full again: the second frame can never fit and is dropped, the third
     // goes in.
-    post_bufs(&mut r, 16, used.len() as u64, SMALL);
+    r.post_rx(16, used.len() as u64, SMALL);
     h.process_rx(&mut tap).unwrap();
     assert_eq!(r.rx.used().len(), used.len());
     assert!(tap.state().to_guest.is_empty());
@@ -222,7 +217,7 @@ fn malformed_buffers_are_returned_empty_and_the_frame_goes_to_the_next() {
     for c in &chains {
         r.rx.post(c);
     }
-    post_bufs(&mut r, 1, 1, 1526);
+    r.post_rx(1, 1, 1526);
     let out = h.process_rx(&mut tap).unwrap();
     assert!(out.interrupt);
     let used = r.rx.used();
@@ -240,7 +235,7 @@ fn a_frame_larger_than_the_buffer_is_dropped_and_the_buffer_kept() {
     tap.push(frame([0; 12], 3000, 1));
     let small = frame([0; 12], 100, 2);
     tap.push(small.clone());
-    post_bufs(&mut r, 0, 1, 1526);
+    r.post_rx(0, 1, 1526);
     h.process_rx(&mut tap).unwrap();
     assert_eq!(r.rx.used(), vec![(0, small.len() as u32)]);
     assert_eq!(read(&r.mem, BUFS, small.len())[12..], small[12..]);
@@ -257,7 +252,7 @@ fn event_idx_interrupts_only_when_the_driver_asked() {
     let mut h = NetHandler::new(r.mem.clone(), rx, tx, VIRTIO_RING_F_EVENT_IDX);
     let mut tap = FakeTap::new(0);
     let used_event = GuestAddress(r.rx.avail_ring() + 4 + 2 * 16);
-    post_bufs(&mut r, 0, 4, 1526);
+    r.post_rx(0, 4, 1526);
     // used_event 0: interrupt when the used index passes 0.
     r.mem.write_obj(0u16, used_event).unwrap();
     tap.push(frame([0; 12], 60, 0));
@@ -269,4 +264,26 @@ fn event_idx_interrupts_only_when_the_driver_asked() {
     tap.push(frame([0; 12], 60, 2));
     assert!(h.process_rx(&mut tap).unwrap().interrupt);
     assert_eq!(r.rx.used().len(), 3);
+}
+
+#[test]
+fn a_flood_yields_after_the_budget_and_an_empty_read_ends_the_round() {
+    let mut r = Rings::new(16);
+    let mut rx = RxQueue::new(r.rx.queue(), 0);
+    let mut tap = FakeTap::new(0);
+    for i in 0..3 {
+        tap.push(frame([0; 12], 60, i));
+    }
+    r.post_rx(0, 8, 1526);
+    let mut log = LogLimit::default();
+    let (round, interrupt) = rx.process(&r.mem, &mut tap, 2, &mut log).unwrap();
+    assert_eq!((round, interrupt), (Round::Budget, true));
+    assert_eq!(r.rx.used().len(), 2);
+    // What a TAP whose interface is gone reads: 0 bytes, not a frame to retry at once.
+    tap.state().to_guest.push_front(Vec::new());
+    let (round, _) = rx.process(&r.mem, &mut tap, 2, &mut log).unwrap();
+    assert_eq!(round, Round::Drained);
+    assert!(r.rx.used().is_empty());
+    rx.process(&r.mem, &mut tap, 2, &mut log).unwrap();
+    assert_eq!(r.rx.used().len(), 1);
 }
