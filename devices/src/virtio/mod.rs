@@ -109,8 +109,6 @@ pub enum ActivateError {
     QueueNotReady(usize),
     #[error("failed to signal the device thread")]
     Signal(#[source] std::io::Error),
-    #[error("the device's backend cannot take the negotiated features")]
-    Backend(#[source] std::io::Error),
 }
 
 /// A virtio device as the transport sees it. These calls come from vCPU threads and never

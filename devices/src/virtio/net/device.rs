@@ -87,6 +87,10 @@ pub struct Net {
     tx_waiting: bool,
     /// The TAP reported an error or hang-up (logged once).
     tap_trouble: bool,
+    /// TUN offloads for the driver that just activated the device, set on the device
+    /// thread before it reads a frame (activation runs on a vCPU thread, whose seccomp
+    /// filter has no TAP ioctls).
+    pending_offloads: Option<u32>,
 }
 
 impl Net {
@@ -126,7 +130,23 @@ impl Net {
             handler: None,
             tx_waiting: false,
             tap_trouble: false,
+            pending_offloads: None,
         })
+    }
+
+    /// Gives the TAP the offloads of a new driver; a TAP that refuses them would hand the
+    /// guest frames it cannot take, so the device gives up on the driver instead.
+    fn apply_offloads(&mut self) {
+        let Some(offloads) = self.pending_offloads.take() else {
+            return;
+        };
+        if let Err(e) = self.backend.set_offloads(offloads) {
+            log::warn!(
+                "virtio-net: the TAP refused offloads {offloads:#x}: {e}; the device needs a reset"
+            );
+            self.handler = None;
+            self.base.interrupt().set_needs_reset();
+        }
     }
 
     fn process_tx(&mut self, ops: &mut EventOps) {
@@ -218,10 +238,9 @@ impl QueueWorker for Net {
         let event_idx = acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
         rx.set_event_idx(event_idx);
         tx.set_event_idx(event_idx);
-        // Before any frame is read: the TAP hands us only what the guest takes.
-        self.backend
-            .set_offloads(tap_offloads(acked_features))
-            .map_err(ActivateError::Backend)?;
+        // Before any frame is read (the front's kicks bring the device thread here
+        // first): the TAP hands us only what the guest takes.
+        self.pending_offloads = Some(tap_offloads(acked_features));
         self.handler = Some(NetHandler::new(mem, rx, tx, acked_features));
         self.tx_waiting = false;
         Ok(())
@@ -240,6 +259,7 @@ impl MutEventSubscriber for Net {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.apply_offloads();
         match self.base.notified_queue(&events) {
             Some(RX_QUEUE) => self.process_rx(),
             Some(TX_QUEUE) => self.process_tx(ops),

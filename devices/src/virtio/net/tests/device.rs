@@ -142,11 +142,15 @@ fn the_tap_offloads_follow_the_acked_features() {
     d.front.reset();
     d.activate(VIRTIO_NET_F_HOST_TSO4).unwrap();
     assert_eq!(d.tap.state().offloads, 0);
-    // A TAP that will not: the driver's DRIVER_OK fails rather than get frames it
-    // cannot take.
+    // A TAP that will not: the device gives up on the driver (DEVICE_NEEDS_RESET)
+    // rather than hand it frames it cannot take, and reads nothing.
     d.front.reset();
     d.tap.state().refuse_offloads = true;
-    assert!(matches!(d.activate(guest), Err(ActivateError::Backend(_))));
+    d.tap.push(frame([0; 12], 60, 0));
+    d.rings.post_rx(0, 1, 1526);
+    d.activate(guest).unwrap();
+    assert!(d.front.interrupt().needs_reset());
+    assert_eq!(d.tap.state().reads, 0);
 }
 
 #[test]
