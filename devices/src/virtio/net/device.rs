@@ -249,6 +249,7 @@ impl QueueWorker for Net {
     fn reset(&mut self) {
         self.handler = None;
         self.tx_waiting = false;
+        self.pending_offloads = None;
     }
 }
 
