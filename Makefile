@@ -8,7 +8,8 @@
 #                   (tier 3; in the emulated KVM host where Linux cannot boot directly)
 #   make test-tier3 only the tier-3 tests
 #   make bench      start-up/RSS and Linux boot against QEMU microvm, virtio-blk against
-#                   pread/pwrite, sandbox exec and streams
+#                   pread/pwrite, virtio-net tx against write(2) to a TAP, sandbox exec
+#                   and streams
 #   make demo       the loop-mount example in a real VM (inside the emulated KVM host
 #                   where Linux cannot boot directly; it says which)
 #   make demo-jail  the same example in the test jail
@@ -66,6 +67,7 @@ test-tier3: deps agent kernel rootfs
 bench: deps agent kernel rootfs
 	$(CARGO) build --release -p vmm -p vmm-tests --bins
 	$(CARGO) bench -p devices --bench blk_queue
+	$(CARGO) bench -p devices --bench net_queue
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/startup_bench
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/sandbox_bench
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/snapshot_bench

@@ -8,22 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ActivateError, Activation, Interrupt, VirtioDevice};
+use super::{ActivateError, Activation, DeviceBase, Interrupt, VirtioDevice};
 use crate::bus::lock;
 
 /// The device-thread half of a virtio device.
 pub trait QueueWorker: Send + 'static {
-    /// Virtio device ID (2 = block, 19 = vsock).
-    fn device_type(&self) -> u32;
-    /// Largest size of each queue; the number of queues is the length.
-    fn queue_max_sizes(&self) -> &[u16];
-    /// Features the device offers.
-    fn features(&self) -> u64;
-    /// The device's configuration space (read-only for the devices we have).
-    fn config_space(&self) -> Vec<u8>;
-    /// One `EventFd` per queue, written (through KVM's ioeventfd) when the driver notifies.
-    fn queue_events(&self) -> &[EventFd];
-    fn interrupt(&self) -> &Arc<Interrupt>;
+    /// Identity, features, config space (read-only for the devices we have), queue
+    /// events and interrupt.
+    fn base(&self) -> &DeviceBase;
     /// Takes the driver's queues. The front kicks every queue event afterwards, so work
     /// the driver queued earlier is picked up on the device thread.
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
@@ -45,18 +37,19 @@ impl<W: QueueWorker> VirtioFront<W> {
     /// Splits a device into the front for the transport and the worker for the device
     /// thread.
     pub fn new(worker: W) -> std::io::Result<(Self, Arc<Mutex<W>>)> {
-        let queue_events = worker
+        let base = worker.base();
+        let queue_events = base
             .queue_events()
             .iter()
             .map(EventFd::try_clone)
             .collect::<Result<_, _>>()?;
         let front = Self {
-            device_type: worker.device_type(),
-            queue_max_sizes: worker.queue_max_sizes().to_vec(),
-            features: worker.features(),
-            config: worker.config_space(),
+            device_type: base.device_type(),
+            queue_max_sizes: base.queue_max_sizes().to_vec(),
+            features: base.features(),
+            config: base.config_space().to_vec(),
             queue_events,
-            interrupt: Arc::clone(worker.interrupt()),
+            interrupt: Arc::clone(base.interrupt()),
             worker: Arc::new(Mutex::new(worker)),
         };
         let worker = Arc::clone(&front.worker);

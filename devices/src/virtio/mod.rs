@@ -1,16 +1,22 @@
-//! Virtio devices over the MMIO transport.
+//! Virtio devices over the MMIO transport: block, vsock and net.
 
+mod base;
 pub mod block;
 mod front;
 mod mmio;
+pub mod net;
 mod queue;
+pub mod segments;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_ring;
 pub mod vsock;
 
+pub use base::DeviceBase;
 pub use front::{QueueWorker, VirtioFront};
 pub use mmio::{regs as mmio_regs, MmioTransport, MMIO_WINDOW_SIZE};
-pub use queue::{collect_chain, pop_chain, ChainTooLong, QueueBroken};
+pub use queue::{
+    collect_chain, notifications_off, notifications_on, pop_chain, ChainTooLong, QueueBroken,
+};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -20,6 +26,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// VIRTIO_F_VERSION_1: the only (modern) interface we offer.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Chains may hold indirect descriptor tables (virtio-queue follows them).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// Notification suppression by ring indexes (`used_event` / `avail_event`).
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Interrupt status bit: a queue's used ring was updated.
 pub const INTERRUPT_USED_RING: u32 = 1;
 /// Interrupt status bit: the configuration space changed.
@@ -104,7 +114,7 @@ pub enum ActivateError {
 /// A virtio device as the transport sees it. These calls come from vCPU threads and never
 /// wait for device I/O: queue processing happens on the device thread (`QueueWorker`).
 pub trait VirtioDevice: Send {
-    /// Virtio device ID (2 = block, 19 = vsock).
+    /// Virtio device ID (1 = net, 2 = block, 19 = vsock).
     fn device_type(&self) -> u32;
     /// Largest size of each queue; the number of queues is the length.
     fn queue_max_sizes(&self) -> &[u16];

@@ -1,7 +1,7 @@
 //! Taking chains off a driver's queue without trusting its indices or lengths.
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 /// The driver's avail ring cannot be used any more: its index ran more than the queue's
@@ -24,6 +24,27 @@ pub fn pop_chain<'m>(
     mem: &'m GuestMemoryMmap,
 ) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, QueueBroken> {
     Ok(queue.iter(mem).map_err(QueueBroken)?.next())
+}
+
+/// Asks the driver not to notify while the device drains the queue (with EVENT_IDX the
+/// last `notifications_on` already did). `device` names the caller in the log.
+pub fn notifications_off(queue: &mut Queue, mem: &GuestMemoryMmap, device: &str) {
+    if let Err(e) = queue.disable_notification(mem) {
+        log::warn!("{device}: cannot disable notifications: {e}");
+    }
+}
+
+/// Asks the driver to notify again once the queue is drained; true when it posted more
+/// in the meantime, so the caller drains again instead of waiting for a notification
+/// that will not come. A failure to ask is logged and ends the drain.
+pub fn notifications_on(queue: &mut Queue, mem: &GuestMemoryMmap, device: &str) -> bool {
+    match queue.enable_notification(mem) {
+        Ok(more) => more,
+        Err(e) => {
+            log::warn!("{device}: cannot enable notifications: {e}");
+            false
+        }
+    }
 }
 
 /// Copies a chain's descriptors into `out` (reused), reading at most `max` + 1 of them: an

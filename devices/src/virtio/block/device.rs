@@ -7,8 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::handler::{BlockHandler, DiskInfo};
 use super::request::{
@@ -18,7 +16,8 @@ use super::request::{
 use super::{DiskEngine, RawFile, DEVICE_ID_LEN, SECTOR_SIZE};
 use crate::disk::lock_image;
 use crate::virtio::{
-    ActivateError, Activation, Interrupt, QueueWorker, INTERRUPT_USED_RING, VIRTIO_F_VERSION_1,
+    ActivateError, Activation, DeviceBase, QueueWorker, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 const VIRTIO_ID_BLOCK: u32 = 2;
@@ -31,14 +30,9 @@ const VIRTIO_BLK_F_BLK_SIZE: u64 = 1 << 6;
 const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
 const VIRTIO_BLK_F_DISCARD: u64 = 1 << 13;
 const VIRTIO_BLK_F_WRITE_ZEROES: u64 = 1 << 14;
-const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// `struct virtio_blk_config` up to and including `write_zeroes_may_unmap`.
 const CONFIG_LEN: usize = 0x3c;
-
-/// Event-manager data tag of the queue notification.
-const QUEUE_EVENT: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockConfig {
@@ -79,10 +73,7 @@ pub struct Block {
     engine: Arc<dyn DiskEngine>,
     read_only: bool,
     id: [u8; DEVICE_ID_LEN],
-    features: u64,
-    config_space: [u8; CONFIG_LEN],
-    queue_events: [EventFd; 1],
-    interrupt: Arc<Interrupt>,
+    base: DeviceBase,
     handler: Option<BlockHandler>,
 }
 
@@ -130,7 +121,6 @@ impl Block {
         }
         let mut id_bytes = [0u8; DEVICE_ID_LEN];
         id_bytes[..id.len()].copy_from_slice(id.as_bytes());
-        let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd);
         let mut features = VIRTIO_F_VERSION_1
             | VIRTIO_BLK_F_SIZE_MAX
             | VIRTIO_BLK_F_SEG_MAX
@@ -143,14 +133,19 @@ impl Block {
         } else {
             VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES
         };
+        let base = DeviceBase::new(
+            format!("virtio-blk {id:?}"),
+            VIRTIO_ID_BLOCK,
+            &[QUEUE_SIZE],
+            features,
+            &config_space(engine.size()),
+        )
+        .map_err(BlockError::EventFd)?;
         Ok(Self {
-            config_space: config_space(engine.size()),
             engine,
             read_only,
             id: id_bytes,
-            features,
-            queue_events: [new_evt()?],
-            interrupt: Arc::new(Interrupt::new(new_evt()?)),
+            base,
             handler: None,
         })
     }
@@ -187,25 +182,10 @@ impl Block {
             id: &self.id,
             read_only: self.read_only,
         };
-        match handler.process_queue(self.engine.as_ref(), &disk) {
-            Ok(true) => self.interrupt.signal(INTERRUPT_USED_RING),
-            Ok(false) => {}
-            Err(e) => {
-                // Logged once: the queue is dropped until the driver resets the device.
-                log::warn!(
-                    "virtio-blk {:?}: {e}; the device needs a reset",
-                    self.id_str()
-                );
-                self.handler = None;
-                self.interrupt.set_needs_reset();
-            }
+        let result = handler.process_queue(self.engine.as_ref(), &disk);
+        if !self.base.completed(result) {
+            self.handler = None;
         }
-    }
-
-    fn id_str(&self) -> String {
-        String::from_utf8_lossy(&self.id)
-            .trim_end_matches('\0')
-            .to_string()
     }
 }
 
@@ -226,28 +206,8 @@ fn config_space(size: u64) -> [u8; CONFIG_LEN] {
 }
 
 impl QueueWorker for Block {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[QUEUE_SIZE]
-    }
-
-    fn features(&self) -> u64 {
-        self.features
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.interrupt
-    }
-
-    fn config_space(&self) -> Vec<u8> {
-        self.config_space.to_vec()
+    fn base(&self) -> &DeviceBase {
+        &self.base
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
@@ -272,21 +232,13 @@ impl QueueWorker for Block {
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        // Watched from the start: notifications before activation find no handler.
-        let evt = Events::with_data(&self.queue_events[0], QUEUE_EVENT, EventSet::IN);
-        if let Err(e) = ops.add(evt) {
-            log::error!("virtio-blk: cannot watch the queue: {e:?}");
-        }
+        self.base.watch_queues(ops);
     }
 
     fn process(&mut self, events: Events, _: &mut EventOps) {
-        match events.data() {
-            QUEUE_EVENT => {
-                // A failed read only means the counter was already drained.
-                let _ = self.queue_events[0].read();
-                self.process_queue();
-            }
-            other => log::warn!("virtio-blk: unexpected event tag {other}"),
+        match self.base.notified_queue(&events) {
+            Some(_) => self.process_queue(),
+            None => log::warn!("virtio-blk: unexpected event tag {}", events.data()),
         }
     }
 }

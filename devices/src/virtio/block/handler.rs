@@ -7,7 +7,7 @@ use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::request::{ParseError, Request, RequestKind, MAX_DATA_DESCRIPTORS};
 use super::{DiskEngine, DEVICE_ID_LEN, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
-use crate::virtio::{collect_chain, pop_chain, QueueBroken};
+use crate::virtio::{collect_chain, notifications_off, notifications_on, pop_chain, QueueBroken};
 
 /// A header, the data descriptors and a status byte.
 const MAX_CHAIN: usize = MAX_DATA_DESCRIPTORS + 2;
@@ -45,9 +45,7 @@ impl BlockHandler {
         disk: &DiskInfo,
     ) -> Result<bool, QueueBroken> {
         loop {
-            if let Err(e) = self.queue.disable_notification(&self.mem) {
-                log::warn!("virtio-blk: cannot disable notifications: {e}");
-            }
+            notifications_off(&mut self.queue, &self.mem, "virtio-blk");
             while let Some(chain) = pop_chain(&mut self.queue, &self.mem)? {
                 let head = chain.head_index();
                 let used_len = match collect_chain(chain, &mut self.descs, MAX_CHAIN) {
@@ -62,13 +60,8 @@ impl BlockHandler {
                     log::warn!("virtio-blk: cannot return descriptor {head}: {e}");
                 }
             }
-            match self.queue.enable_notification(&self.mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    log::warn!("virtio-blk: cannot enable notifications: {e}");
-                    break;
-                }
+            if !notifications_on(&mut self.queue, &self.mem, "virtio-blk") {
+                break;
             }
         }
         Ok(self.queue.needs_notification(&self.mem).unwrap_or(true))

@@ -3,28 +3,22 @@
 //! `VirtioFront` is the transport's).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 
-use super::handler::{VsockHandler, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
+use super::handler::{VsockHandler, RX_QUEUE, TX_QUEUE};
 use super::muxer::{Muxer, MuxerError};
 use crate::virtio::{
-    ActivateError, Activation, Interrupt, QueueBroken, QueueWorker, INTERRUPT_USED_RING,
-    VIRTIO_F_VERSION_1,
+    ActivateError, Activation, DeviceBase, QueueBroken, QueueWorker, VIRTIO_F_VERSION_1,
 };
 
 const VIRTIO_ID_VSOCK: u32 = 19;
 const QUEUE_SIZE: u16 = 256;
 const QUEUE_SIZES: [u16; 3] = [QUEUE_SIZE; 3];
 
-/// Event-manager data tags.
-const RX_EVENT: u32 = 1;
-const TX_EVENT: u32 = 2;
-const EVENT_QUEUE_EVENT: u32 = 3;
-const BACKEND_EVENT: u32 = 4;
+/// Event-manager data tag of the Unix sockets (the queues are tagged with their index).
+const BACKEND_EVENT: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockConfig {
@@ -45,9 +39,7 @@ pub enum VsockError {
 }
 
 pub struct Vsock {
-    config_space: [u8; 8],
-    queue_events: [EventFd; 3],
-    interrupt: Arc<Interrupt>,
+    base: DeviceBase,
     handler: Option<VsockHandler>,
     muxer: Muxer,
 }
@@ -59,11 +51,16 @@ impl Vsock {
         if !(3..=u64::from(u32::MAX - 1)).contains(&config.guest_cid) {
             return Err(VsockError::InvalidCid(config.guest_cid));
         }
-        let new_evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd);
+        let base = DeviceBase::new(
+            "virtio-vsock",
+            VIRTIO_ID_VSOCK,
+            &QUEUE_SIZES,
+            VIRTIO_F_VERSION_1,
+            &config.guest_cid.to_le_bytes(),
+        )
+        .map_err(VsockError::EventFd)?;
         Ok(Self {
-            config_space: config.guest_cid.to_le_bytes(),
-            queue_events: [new_evt()?, new_evt()?, new_evt()?],
-            interrupt: Arc::new(Interrupt::new(new_evt()?)),
+            base,
             handler: None,
             muxer: Muxer::new(config.guest_cid, config.uds_path.clone())?,
         })
@@ -100,43 +97,16 @@ impl Vsock {
 
     /// Interrupts the driver when a queue moved; gives up on the queues when one broke.
     fn completed(&mut self, result: Result<bool, QueueBroken>) {
-        match result {
-            Ok(true) => self.interrupt.signal(INTERRUPT_USED_RING),
-            Ok(false) => {}
-            Err(e) => {
-                // Logged once: the queues are dropped until the driver resets the device.
-                log::warn!("virtio-vsock: {e}; the device needs a reset");
-                self.handler = None;
-                self.muxer.reset();
-                self.interrupt.set_needs_reset();
-            }
+        if !self.base.completed(result) {
+            self.handler = None;
+            self.muxer.reset();
         }
     }
 }
 
 impl QueueWorker for Vsock {
-    fn device_type(&self) -> u32 {
-        VIRTIO_ID_VSOCK
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
-    }
-
-    fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-    }
-
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn interrupt(&self) -> &Arc<Interrupt> {
-        &self.interrupt
-    }
-
-    fn config_space(&self) -> Vec<u8> {
-        self.config_space.to_vec()
+    fn base(&self) -> &DeviceBase {
+        &self.base
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
@@ -160,17 +130,7 @@ impl QueueWorker for Vsock {
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        // Watched from the start: notifications before activation find no handler.
-        for (i, tag) in [
-            (RX_QUEUE, RX_EVENT),
-            (TX_QUEUE, TX_EVENT),
-            (EVENT_QUEUE, EVENT_QUEUE_EVENT),
-        ] {
-            let evt = Events::with_data(&self.queue_events[i], tag, EventSet::IN);
-            if let Err(e) = ops.add(evt) {
-                log::error!("virtio-vsock: cannot watch queue {i}: {e:?}");
-            }
-        }
+        self.base.watch_queues(ops);
         // The listener, the host sockets and the handshake timer, behind one fd.
         let backend = Events::with_data_raw(self.muxer.epoll_fd(), BACKEND_EVENT, EventSet::IN);
         if let Err(e) = ops.add(backend) {
@@ -179,24 +139,16 @@ impl MutEventSubscriber for Vsock {
     }
 
     fn process(&mut self, events: Events, _: &mut EventOps) {
-        // A failed eventfd read only means the counter was already drained.
-        match events.data() {
-            RX_EVENT => {
-                let _ = self.queue_events[RX_QUEUE].read();
-                self.process_rx();
-            }
-            TX_EVENT => {
-                let _ = self.queue_events[TX_QUEUE].read();
-                self.process_tx();
-            }
-            EVENT_QUEUE_EVENT => {
-                let _ = self.queue_events[EVENT_QUEUE].read();
-            }
-            BACKEND_EVENT => {
+        match self.base.notified_queue(&events) {
+            Some(RX_QUEUE) => self.process_rx(),
+            Some(TX_QUEUE) => self.process_tx(),
+            // The event queue: nothing we do needs its buffers.
+            Some(_) => {}
+            None if events.data() == BACKEND_EVENT => {
                 self.muxer.process_events();
                 self.process_rx();
             }
-            other => log::warn!("virtio-vsock: unexpected event tag {other}"),
+            None => log::warn!("virtio-vsock: unexpected event tag {}", events.data()),
         }
     }
 }

@@ -8,7 +8,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::packet::{PacketHeader, RxBuffer, TxPacket};
 use super::HEADER_LEN;
-use crate::virtio::{collect_chain, pop_chain, QueueBroken};
+use crate::virtio::{collect_chain, notifications_off, notifications_on, pop_chain, QueueBroken};
 
 /// Descriptors one packet or rx buffer may span. Linux uses two (header and payload), a
 /// few more for zero-copy sends.
@@ -16,7 +16,6 @@ const MAX_CHAIN: usize = 64;
 
 pub const RX_QUEUE: usize = 0;
 pub const TX_QUEUE: usize = 1;
-pub const EVENT_QUEUE: usize = 2;
 
 /// Where packets go and come from (the Unix-socket muxer, or a fake in tests).
 pub trait VsockBackend {
@@ -62,9 +61,7 @@ impl VsockHandler {
     pub fn process_tx(&mut self, backend: &mut dyn VsockBackend) -> Result<bool, QueueBroken> {
         let mut used = false;
         loop {
-            if let Err(e) = self.tx.disable_notification(&self.mem) {
-                log::warn!("virtio-vsock: cannot disable tx notifications: {e}");
-            }
+            notifications_off(&mut self.tx, &self.mem, "virtio-vsock tx");
             while let Some(chain) = pop_chain(&mut self.tx, &self.mem)? {
                 let head = chain.head_index();
                 if let Err(e) = collect_chain(chain, &mut self.descs, MAX_CHAIN) {
@@ -77,13 +74,8 @@ impl VsockHandler {
                 }
                 used = true;
             }
-            match self.tx.enable_notification(&self.mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => {
-                    log::warn!("virtio-vsock: cannot enable tx notifications: {e}");
-                    break;
-                }
+            if !notifications_on(&mut self.tx, &self.mem, "virtio-vsock tx") {
+                break;
             }
         }
         Ok(used && self.tx.needs_notification(&self.mem).unwrap_or(true))

@@ -13,6 +13,7 @@ use vm_memory::{
 };
 
 use super::{HEADER_LEN, MAX_PAYLOAD};
+use crate::virtio::segments::{checked_segments, pieces, total_len, SegmentError};
 
 /// `struct virtio_vsock_hdr`, decoded (the wire format is packed little endian).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,6 +94,16 @@ pub enum PacketError {
     PayloadBeyondChain { len: u32, available: u64 },
     #[error("guest memory access failed at {0:#x}")]
     Memory(u64),
+}
+
+impl From<SegmentError> for PacketError {
+    fn from(e: SegmentError) -> Self {
+        match e {
+            SegmentError::DeviceWritable => Self::DeviceWritable,
+            SegmentError::DeviceReadable => Self::DeviceReadable,
+            SegmentError::OutOfMemory { addr, len } => Self::OutOfMemory { addr, len },
+        }
+    }
 }
 
 /// A packet from the guest. The payload is a list of guest ranges already checked to lie
@@ -237,60 +248,6 @@ pub(crate) fn into_io_error(e: VolatileMemoryError) -> io::Error {
         VolatileMemoryError::IOError(e) => e,
         other => io::Error::other(other),
     }
-}
-
-/// Every descriptor of the chain as (address, length) into `segs`, checked for direction
-/// and memory.
-fn checked_segments(
-    descs: &[Descriptor],
-    mem: &GuestMemoryMmap,
-    device_writes: bool,
-    segs: &mut Vec<(GuestAddress, u32)>,
-) -> Result<(), PacketError> {
-    segs.clear();
-    for d in descs {
-        match (d.is_write_only(), device_writes) {
-            (true, false) => return Err(PacketError::DeviceWritable),
-            (false, true) => return Err(PacketError::DeviceReadable),
-            _ => {}
-        }
-        if !mem.check_range(d.addr(), d.len() as usize) {
-            return Err(PacketError::OutOfMemory {
-                addr: d.addr().raw_value(),
-                len: d.len(),
-            });
-        }
-        if d.len() > 0 {
-            segs.push((d.addr(), d.len()));
-        }
-    }
-    Ok(())
-}
-
-fn total_len(segs: &[(GuestAddress, u32)]) -> u64 {
-    segs.iter().map(|&(_, len)| u64::from(len)).sum()
-}
-
-/// The pieces of `segs` covering `count` bytes after the first `skip` (fewer if the
-/// segments end first).
-fn pieces(
-    segs: &[(GuestAddress, u32)],
-    mut skip: usize,
-    mut count: usize,
-) -> impl Iterator<Item = (GuestAddress, usize)> + '_ {
-    segs.iter().filter_map(move |&(addr, len)| {
-        let len = len as usize;
-        if skip >= len {
-            skip -= len;
-            return None;
-        }
-        let start = skip;
-        skip = 0;
-        let n = (len - start).min(count);
-        count -= n;
-        // `start` < `len` and the range was checked against guest memory.
-        (n > 0).then(|| (addr.unchecked_add(start as u64), n))
-    })
 }
 
 #[cfg(test)]
