@@ -10,6 +10,7 @@ use devices::legacy::acpi_pm::ACPI_PM_PORTS;
 use devices::legacy::pvpanic::PVPANIC_PORT;
 use devices::legacy::{AcpiPm, Cmos, PvPanic, Serial, I8042};
 use devices::virtio::block::{Block, BlockError};
+use devices::virtio::net::{Net, NetError};
 use devices::virtio::vsock::{Vsock, VsockConfig, VsockError};
 use devices::virtio::{MmioTransport, QueueWorker, VirtioDevice, VirtioFront, MMIO_WINDOW_SIZE};
 use devices::EventFdTrigger;
@@ -52,6 +53,8 @@ pub enum DeviceError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("cannot create the event manager: {0:?}")]
     EventManager(event_manager::Error),
     #[error(transparent)]
@@ -65,6 +68,8 @@ pub struct Devices {
     pub blocks: Vec<Arc<Mutex<Block>>>,
     /// Kept so the device (and its host socket) lives as long as the VM.
     pub vsock: Option<Arc<Mutex<Vsock>>>,
+    /// Kept so the NIC (and its TAP) lives as long as the VM.
+    pub net: Option<Arc<Mutex<Net>>>,
     /// Where each virtio device went; the kernel command line declares them.
     pub virtio_slots: VirtioSlots,
 }
@@ -116,6 +121,7 @@ impl Devices {
         mem: &GuestMemoryMmap,
         drives: Vec<Block>,
         vsock: Option<&VsockSpec>,
+        net: Option<Net>,
         exit: Sender<ExitReason>,
         watcher: Arc<ConsoleWatcher>,
     ) -> Result<Self, DeviceError> {
@@ -125,6 +131,7 @@ impl Devices {
             event_manager: EventManager::new().map_err(DeviceError::EventManager)?,
             blocks: Vec::new(),
             vsock: None,
+            net: None,
             virtio_slots: VirtioSlots::default(),
         };
         devices.add_legacy(vm, exit, watcher)?;
@@ -138,6 +145,9 @@ impl Devices {
                 uds_path: spec.uds_path.clone(),
             })?;
             devices.vsock = Some(devices.add_virtio(vm, mem, device)?);
+        }
+        if let Some(device) = net {
+            devices.net = Some(devices.add_virtio(vm, mem, device)?);
         }
         Ok(devices)
     }

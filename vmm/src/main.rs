@@ -36,7 +36,7 @@ enum Command {
     /// (bad config, missing files, no KVM); 2 when the guest crashes (triple fault, KVM
     /// internal error, kernel panic); 128+N when stopped by signal N (disks are flushed);
     /// 159 when SIGSYS killed it (a thread made a syscall outside its seccomp filter).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Report what this host can run: KVM, virtualization kind, measured guest speed, and
     /// whether Linux guests can boot here.
     Doctor {
@@ -240,7 +240,8 @@ fn parse_env(value: &str) -> Result<(String, String), String> {
 struct RunArgs {
     /// TOML config file; flags override its values. Keys: kernel, initrd, rootfs,
     /// overlay, cpus, memory_mib, append, init, [[drives]] (path, read_only, id, overlay),
-    /// [api] (socket, lifetime_secs), [vsock] (uds_path, guest_cid).
+    /// [api] (socket, lifetime_secs), [vsock] (uds_path, guest_cid), [net] (mode =
+    /// "tap"|"none", tap, mac, block_network).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
@@ -293,6 +294,25 @@ struct RunArgs {
     /// Write the readiness JSON line to this file descriptor instead of stdout.
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
+    /// A virtio-net NIC on the TAP device NAME (opened, or created when it does not
+    /// exist, which needs CAP_NET_ADMIN); its host side is yours. The MAC defaults to a
+    /// random locally administered one. (`auto`, a TAP that vmm wires to host-side NAT
+    /// with a per-sandbox policy, is not built yet.)
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Option<String>,
+    /// No NIC, whatever the config file says (the default when nothing asks for one).
+    #[arg(long, conflicts_with = "net")]
+    no_net: bool,
+    /// No NIC, and an error if anything asks for one (the sandbox policy).
+    #[arg(long)]
+    block_network: bool,
+    /// With --net auto (not built yet): egress only to this CIDR (repeatable).
+    #[arg(long = "allow", value_name = "CIDR", hide = true)]
+    allow: Vec<String>,
+    /// With --net auto (not built yet): forward a host TCP port to a guest port
+    /// (repeatable); without ADDR, on every host address.
+    #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT", hide = true)]
+    publish: Vec<String>,
     /// Change the root directory to DIR before anything else: every path (the config
     /// file, kernel, disks, sockets, /dev/kvm) is then inside DIR. Needs CAP_SYS_CHROOT.
     #[arg(long, value_name = "DIR")]
@@ -328,6 +348,13 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         vsock_uds: args.vsock_uds,
         lifetime_secs: args.lifetime,
         ready_fd: args.ready_fd,
+        net: vmm::config::NetFlags {
+            net: args.net,
+            no_net: args.no_net,
+            block_network: args.block_network,
+            allow: args.allow,
+            publish: args.publish,
+        },
     };
     let config = VmConfig::build(file, overrides)?;
     let seccomp = args.security.prepare()?;
@@ -406,7 +433,7 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_SETUP_ERROR as u8);
     }
     let code = match cli.command {
-        Command::Run(args) => run(args).unwrap_or_else(|e| {
+        Command::Run(args) => run(*args).unwrap_or_else(|e| {
             eprintln!("vmm: {}", error_chain(&e));
             EXIT_SETUP_ERROR
         }),

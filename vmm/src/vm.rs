@@ -47,6 +47,10 @@ pub enum VmError {
     Thread(&'static str, #[source] std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("--net auto (and its allow and publish policy) is not built yet: use --net tap=NAME")]
+    NoAutoNetYet,
+    #[error(transparent)]
+    Net(#[from] devices::virtio::net::NetError),
 }
 
 /// Runs the VM; returns why it stopped. Errors are setup failures (nothing ran).
@@ -57,6 +61,7 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
     let stop_signals = signals::block_stop_signals();
     vcpu::install_kick_handler().map_err(VmError::KickHandler)?;
 
+    let net = config.net.as_ref().map(open_nic).transpose()?;
     let machine = Machine::new(config.memory_bytes())?;
     let watcher = ConsoleWatcher::new();
     let (mut drives, blocks) = Drives::open(&config.drives)?;
@@ -66,6 +71,7 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
         &machine.mem,
         blocks,
         config.vsock.as_ref(),
+        net,
         exit_tx.clone(),
         watcher.clone(),
     )?;
@@ -98,6 +104,7 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
         mut event_manager,
         blocks,
         vsock: _vsock,
+        net: _net,
         virtio_slots: _,
     } = devices;
     drives.attach(&blocks);
@@ -161,6 +168,19 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
     // Keep guest memory mapped until the vCPUs are gone (or abandoned at exit).
     drop(machine);
     Ok(reason)
+}
+
+/// The NIC on its TAP, opened before anything is confined.
+fn open_nic(spec: &crate::config::NetSpec) -> Result<devices::virtio::net::Net, VmError> {
+    use devices::virtio::net::{Net, NetConfig, TapSource};
+    match &spec.backend {
+        crate::config::NetBackend::Tap(name) => Ok(Net::new(NetConfig {
+            tap: TapSource::Name(name.clone()),
+            mac: spec.mac,
+            mtu: None,
+        })?),
+        crate::config::NetBackend::Auto => Err(VmError::NoAutoNetYet),
+    }
 }
 
 fn start_supervisor(

@@ -2,6 +2,7 @@
 //! before any VM is created. Errors name the file, key or flag at fault.
 
 mod checks;
+pub mod net;
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,7 @@ use serde::Deserialize;
 
 pub use checks::host_memory_mib;
 use checks::{check_file, check_kernel, check_socket_dir};
+pub use net::{Egress, NetBackend, NetFlags, NetSection, NetSpec, Publish};
 
 use crate::arch::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
 pub use crate::virtio_slots::MAX_VIRTIO_DEVICES;
@@ -44,6 +46,7 @@ pub struct FileConfig {
     pub init: Option<InitMode>,
     pub api: Option<ApiSection>,
     pub vsock: Option<VsockSection>,
+    pub net: Option<NetSection>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -139,6 +142,7 @@ pub struct Overrides {
     pub vsock_uds: Option<PathBuf>,
     pub lifetime_secs: Option<u64>,
     pub ready_fd: Option<i32>,
+    pub net: NetFlags,
 }
 
 /// A validated configuration: every file exists and every size is possible.
@@ -155,10 +159,14 @@ pub struct VmConfig {
     pub vsock: Option<VsockSpec>,
     pub api: Option<ApiSpec>,
     pub init: InitMode,
+    /// The NIC, if the VM has one.
+    pub net: Option<NetSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("network: {0}")]
+    Net(String),
     #[error("cannot read config file {path}: {source}")]
     ReadFile {
         path: PathBuf,
@@ -401,7 +409,8 @@ impl VmConfig {
             }
             None => None,
         };
-        let devices = drives.len() + usize::from(vsock.is_some());
+        let net = net::build(file.net, flags.net)?;
+        let devices = drives.len() + usize::from(vsock.is_some()) + usize::from(net.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDrives(drives.len()));
         }
@@ -416,6 +425,7 @@ impl VmConfig {
             vsock,
             api,
             init: flags.init.or(file.init).unwrap_or_default(),
+            net,
         };
         let len = config
             .kernel_cmdline(&crate::virtio_slots::tokens(config.virtio_device_count()))
@@ -447,9 +457,9 @@ impl VmConfig {
         parts.join(" ")
     }
 
-    /// How many virtio devices the VM gets: the drives and the vsock device.
+    /// How many virtio devices the VM gets: the drives, the vsock device and the NIC.
     pub fn virtio_device_count(&self) -> usize {
-        self.drives.len() + usize::from(self.vsock.is_some())
+        self.drives.len() + usize::from(self.vsock.is_some()) + usize::from(self.net.is_some())
     }
 
     pub fn memory_bytes(&self) -> u64 {
