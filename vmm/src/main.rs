@@ -311,7 +311,11 @@ struct RunArgs {
     allow: Vec<String>,
     /// With --net auto (not built yet): forward a host TCP port to a guest port
     /// (repeatable); without ADDR, on every host address.
-    #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT", hide = true)]
+    #[arg(
+        long = "publish",
+        value_name = "[ADDR:]HOSTPORT:GUESTPORT",
+        hide = true
+    )]
     publish: Vec<String>,
     /// Change the root directory to DIR before anything else: every path (the config
     /// file, kernel, disks, sockets, /dev/kvm) is then inside DIR. Needs CAP_SYS_CHROOT.

@@ -25,11 +25,18 @@ impl DiskEngine for ProbedRaw {
         self.0.read_at(buf, offset)
     }
 
-    /// Refuses (EPERM) a write that would put a format's magic at the start of the disk.
+    /// Refuses (EPERM) a write that would leave a format's magic at the start of the disk,
+    /// also one that writes only part of it (a request's first segment may be a byte).
     fn write_at(&self, buf: &VolatileSlice<'_>, offset: u64) -> io::Result<()> {
-        if offset == 0 && buf.len() >= QCOW2_MAGIC.len() {
+        if offset < QCOW2_MAGIC.len() as u64 && !buf.is_empty() {
+            // The first bytes as they would be after this write.
             let mut head = [0u8; 4];
-            buf.copy_to(&mut head[..]);
+            self.0.read_at(&VolatileSlice::from(&mut head[..]), 0)?;
+            let start = offset as usize;
+            let n = buf.len().min(head.len() - start);
+            buf.subslice(0, n)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?
+                .copy_to(&mut head[start..start + n]);
             if head == QCOW2_MAGIC {
                 log::warn!("refused a guest write of the qcow2 magic to sector 0 of a raw disk");
                 return Err(io::Error::from_raw_os_error(libc::EPERM));
@@ -78,5 +85,11 @@ mod tests {
         let bytes = std::fs::read(f.path()).unwrap();
         assert_eq!(&bytes[..4], b"QFI\0");
         assert_eq!(&bytes[512..516], &QCOW2_MAGIC);
+        // The magic's last byte alone, on top of "QFI": refused too.
+        mem.write_slice(&[0xfb], GuestAddress(0x100)).unwrap();
+        let last = mem.get_slice(GuestAddress(0x100), 1).unwrap();
+        let e = disk.write_at(&last, 3).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+        assert_eq!(&std::fs::read(f.path()).unwrap()[..4], b"QFI\0");
     }
 }

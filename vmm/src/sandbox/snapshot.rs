@@ -82,18 +82,29 @@ impl Supervisor {
             disk_serial: drive.clone(),
             timeout_ms: FREEZE_TIMEOUT.as_millis() as u64,
         });
-        let frozen = tokio::time::timeout(FREEZE_CALL_TIMEOUT, self.unless_agent_lost(freeze))
+        let frozen = match tokio::time::timeout(FREEZE_CALL_TIMEOUT, self.unless_agent_lost(freeze))
             .await
-            .map_err(|_| {
-                Status::deadline_exceeded("the agent did not freeze the filesystems in time")
-            })?
-            .map_err(|s| {
-                Status::new(
-                    s.code(),
-                    format!("cannot freeze the guest: {}", s.message()),
-                )
-            })?
-            .into_inner();
+        {
+            Ok(Ok(reply)) => reply.into_inner(),
+            failed => {
+                // The freeze may have happened with its answer lost: thaw to be sure,
+                // unless the agent said a freeze was already in place (not ours).
+                let not_ours =
+                    matches!(&failed, Ok(Err(s)) if s.code() == tonic::Code::FailedPrecondition);
+                if !not_ours {
+                    let _ = self.thaw().await;
+                }
+                return Err(match failed {
+                    Ok(Err(s)) => Status::new(
+                        s.code(),
+                        format!("cannot freeze the guest: {}", s.message()),
+                    ),
+                    _ => Status::deadline_exceeded(
+                        "the agent did not freeze the filesystems in time",
+                    ),
+                });
+            }
+        };
         let froze_at = Instant::now();
         // Thaw whatever happened to the seal: a task of its own, so that a client that
         // drops this call does not leave the guest frozen until the agent's timeout.
