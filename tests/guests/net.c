@@ -28,10 +28,6 @@ enum { VQ_RX = 0, VQ_TX = 1, NUM_VQS = 2 };
 #define WAIT_TICKS (1ull << 34)
 #define STUCK_SPINS 2000000
 
-struct vq {
-	u16 size, avail_idx, used_idx;
-};
-
 static u64 base;
 static struct vq vqs[NUM_VQS];
 static u8 mac[6], peer_mac[6];
@@ -50,26 +46,12 @@ static void wr(u32 off, u32 v)
 
 static void vq_post(int q, u16 id)
 {
-	volatile u16 *avail = (volatile u16 *)Q_AVAIL(q);
-	struct vq *v = &vqs[q];
-	avail[2 + v->avail_idx % v->size] = id;
-	barrier();
-	avail[1] = ++v->avail_idx;
-	barrier();
+	vq_push(&vqs[q], id);
 }
 
 static int vq_pop(int q, u16 *id, u32 *len)
 {
-	struct vq *v = &vqs[q];
-	volatile u16 *used = (volatile u16 *)Q_USED(q);
-	if (used[1] == v->used_idx)
-		return 0;
-	barrier();
-	volatile u32 *elem = (volatile u32 *)(Q_USED(q) + 4 + 8 * (v->used_idx % v->size));
-	*id = (u16)elem[0];
-	*len = elem[1];
-	v->used_idx++;
-	return 1;
+	return vq_take(&vqs[q], id, len);
 }
 
 /* Waits for a used entry of queue `q`; 0 on a timeout. */
@@ -270,6 +252,7 @@ static void setup_queue(int q)
 {
 	wr(QUEUE_SEL, q);
 	u32 max = rd(QUEUE_NUM_MAX);
+	vqs[q] = (struct vq){ .avail = Q_AVAIL(q), .used = Q_USED(q) };
 	vqs[q].size = max < QSIZE ? (u16)max : QSIZE;
 	memset((void *)Q_DESC(q), 0, 0x1000);
 	wr(QUEUE_NUM, vqs[q].size);

@@ -29,4 +29,34 @@ struct desc {
 	u16 next;
 };
 
+/* The driver's side of a split virtqueue whose rings are at `avail` and `used`. */
+struct vq {
+	u64 avail, used;
+	u16 size, avail_idx, used_idx;
+};
+
+/* Makes descriptor chain `id` available to the device. */
+static inline void vq_push(struct vq *v, u16 id)
+{
+	volatile u16 *avail = (volatile u16 *)v->avail;
+	avail[2 + v->avail_idx % v->size] = id;
+	barrier();
+	avail[1] = ++v->avail_idx;
+	barrier();
+}
+
+/* Takes the next used entry, if the device published one. */
+static inline int vq_take(struct vq *v, u16 *id, u32 *len)
+{
+	volatile u16 *used = (volatile u16 *)v->used;
+	if (used[1] == v->used_idx)
+		return 0;
+	barrier();
+	volatile u32 *elem = (volatile u32 *)(v->used + 4 + 8 * (v->used_idx % v->size));
+	*id = (u16)elem[0];
+	*len = elem[1];
+	v->used_idx++;
+	return 1;
+}
+
 #endif

@@ -47,10 +47,6 @@ struct hdr {
 } __attribute__((packed));
 _Static_assert(sizeof(struct hdr) == HDR_LEN, "virtio_vsock_hdr is 44 bytes");
 
-struct vq {
-	u16 size, avail_idx, used_idx;
-};
-
 /* One stream, from the guest's side. Counters wrap like the spec's u32s. */
 struct conn {
 	u32 local, peer;
@@ -105,26 +101,12 @@ static int timer_expired(struct timer *t)
 
 static void vq_post(int q, u16 id)
 {
-	volatile u16 *avail = (volatile u16 *)Q_AVAIL(q);
-	struct vq *v = &vqs[q];
-	avail[2 + v->avail_idx % v->size] = id;
-	barrier();
-	avail[1] = ++v->avail_idx;
-	barrier();
+	vq_push(&vqs[q], id);
 }
 
 static int vq_pop(int q, u16 *id, u32 *len)
 {
-	struct vq *v = &vqs[q];
-	volatile u16 *used = (volatile u16 *)Q_USED(q);
-	if (used[1] == v->used_idx)
-		return 0;
-	barrier();
-	volatile u32 *elem = (volatile u32 *)(Q_USED(q) + 4 + 8 * (v->used_idx % v->size));
-	*id = (u16)elem[0];
-	*len = elem[1];
-	v->used_idx++;
-	return 1;
+	return vq_take(&vqs[q], id, len);
 }
 
 /* Sends one packet: header in one descriptor, payload (if any) in a second. Waits for
@@ -462,6 +444,7 @@ static int setup(void)
 			out("fail vsock queue%u num_max 0\n", q);
 			return -1;
 		}
+		vqs[q] = (struct vq){ .avail = Q_AVAIL(q), .used = Q_USED(q) };
 		vqs[q].size = max[q] < QSIZE ? (u16)max[q] : QSIZE;
 		/* Only the ring headers need zeroing: the rest is written before use. */
 		*(volatile u32 *)Q_AVAIL(q) = 0;
