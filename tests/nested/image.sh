@@ -10,8 +10,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache_root=${VMM_CACHE_DIR:-$HOME/.cache/vmm}/nested
 # Modules L1 loads, in this order (their dependencies are resolved from modules.dep);
-# vhost_vsock serves QEMU microvm, the boot benchmark's peer.
-modules=(virtio_pci virtio_blk 9pnet_virtio 9p kvm kvm-amd loop vhost_vsock)
+# vhost_vsock serves QEMU microvm, the boot benchmark's peer; tun gives the virtio-net
+# tests their TAP devices.
+modules=(virtio_pci virtio_blk 9pnet_virtio 9p kvm kvm-amd loop vhost_vsock tun)
 
 log() { echo "nested: $*" >&2; }
 die() {
