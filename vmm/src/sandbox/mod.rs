@@ -28,7 +28,7 @@ pub use exec_id::validate as validate_exec_id;
 pub use output::{Budget, OutputError, OutputLog};
 pub use server::ServeError;
 pub use service::summarize_argv;
-pub use snapshot::{DriveSnapshots, Sealed, SnapshotError, DEFAULT_DRIVE};
+pub use snapshot::{DriveSnapshots, Sealed, SnapshotError};
 
 use crate::seccomp::{Filters, ThreadKind};
 use exec::Exec;

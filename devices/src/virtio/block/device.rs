@@ -155,11 +155,6 @@ impl Block {
         self.engine.flush()
     }
 
-    /// The engine requests go to.
-    pub fn engine(&self) -> &Arc<dyn DiskEngine> {
-        &self.engine
-    }
-
     /// Sends every later request to `engine` (a live snapshot's fresh overlay). Whoever
     /// holds `&mut self` holds the device thread between two requests, so none is in
     /// flight. The guest was told the disk's size: the new engine must have it.
