@@ -11,6 +11,7 @@ pub mod device_manager;
 pub mod doctor;
 pub mod drives;
 pub mod exit;
+pub mod hostnet;
 pub mod machine;
 pub mod privileges;
 pub mod ready_fd;

@@ -91,6 +91,12 @@ enum Command {
     /// are on stderr), the output exists, or the image is in use (rm).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The host side of `--net auto`: a bridge, NAT and per-sandbox rules (nftables).
+    ///
+    /// Exit status: 0 when done; 1 when a step failed (the tool and its message are on
+    /// stderr). Needs root (CAP_NET_ADMIN).
+    #[command(subcommand)]
+    Net(cli::net::NetCommand),
     /// End a sandbox: the guest syncs its disks and powers off.
     Terminate {
         #[command(flatten)]
@@ -498,6 +504,13 @@ fn main() -> ExitCode {
             eprintln!("vmm: {}", error_chain(&e));
             EXIT_SETUP_ERROR
         }),
+        Command::Net(command) => match cli::net::run(command) {
+            Ok(text) => print_or_fail(&text),
+            Err(e) => {
+                eprintln!("vmm: {e}");
+                EXIT_SETUP_ERROR
+            }
+        },
         Command::Terminate { api, grace } => client_command(&api.api_sock, |c| async move {
             c.terminate(Duration::from_secs(grace))
                 .await

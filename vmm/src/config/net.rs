@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::IpNet;
+use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use super::ConfigError;
@@ -52,7 +52,8 @@ pub enum NetBackend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Egress {
     Open,
-    Allow(Vec<IpNet>),
+    /// IPv4 only: the sandbox network has no IPv6.
+    Allow(Vec<Ipv4Net>),
 }
 
 /// A host port forwarded to a guest port (TCP).
@@ -234,8 +235,13 @@ pub fn build(file: Option<NetSection>, flags: NetFlags) -> Result<Option<NetSpec
         let nets = allow
             .iter()
             .map(|cidr| {
-                cidr.parse::<IpNet>()
-                    .map_err(|_| err("allow", cidr, "not a CIDR like 10.0.0.0/8"))
+                cidr.parse::<Ipv4Net>().map_err(|_| {
+                    err(
+                        "allow",
+                        cidr,
+                        "not an IPv4 CIDR like 10.0.0.0/8 (the sandbox network is IPv4 only)",
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Egress::Allow(nets)

@@ -67,6 +67,10 @@ pub async fn watch(supervisor: Arc<Supervisor>) {
         };
         if let (Some(reason), true) = (failure, announced) {
             misses += 1;
+            log::warn!(
+                "agent probe {misses} of {MISSES_BEFORE_LOST} failed ({reason}); vCPU threads: {}",
+                super::thread_report::vcpu_threads()
+            );
             if misses >= MISSES_BEFORE_LOST {
                 supervisor.set_health(State::AgentLost, reason);
             }

@@ -10,6 +10,7 @@ mod output;
 mod server;
 mod service;
 mod snapshot;
+mod thread_report;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
