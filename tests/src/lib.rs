@@ -5,6 +5,7 @@ pub mod abi;
 pub mod bzimage;
 pub mod disk;
 pub mod jail;
+pub mod netlab;
 pub mod output;
 pub mod sandbox;
 pub mod unprivileged;

@@ -34,6 +34,14 @@ pub enum Backend {
     Vm,
 }
 
+/// A sandbox on the host side of `--net auto`: its vmm runs in `host_netns` (a named
+/// network namespace where `vmm net setup` ran), with these flags (`--allow`,
+/// `--publish`). A VM gets `--net auto`; the jail gets `--net-ns` (a veth into it).
+pub struct Networked<'a> {
+    pub host_netns: &'a str,
+    pub flags: &'a [&'a str],
+}
+
 /// A VM sandbox's root disk.
 pub enum RootDisk {
     /// A private copy of build/rootfs.ext4.
@@ -119,16 +127,42 @@ impl Sandbox {
         Self::start_on(Backend::Vm, VM_MEMORY_MIB, root, extra)
     }
 
+    /// A sandbox with a network (see `Networked`).
+    pub fn start_networked(backend: Backend, net: &Networked) -> Self {
+        Self::build(backend, VM_MEMORY_MIB, RootDisk::Copy, &[], Some(net))
+    }
+
     fn start_on(backend: Backend, memory_mib: u32, root: RootDisk, extra: &[&str]) -> Self {
+        Self::build(backend, memory_mib, root, extra, None)
+    }
+
+    fn build(
+        backend: Backend,
+        memory_mib: u32,
+        root: RootDisk,
+        extra: &[&str],
+        net: Option<&Networked>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let api_socket = dir.path().join("api.sock");
-        let mut cmd = Command::new(vmm_bin());
+        let mut cmd = match net {
+            Some(net) => {
+                let mut cmd = Command::new("/usr/sbin/ip");
+                cmd.args(["netns", "exec", net.host_netns]).arg(vmm_bin());
+                cmd
+            }
+            None => Command::new(vmm_bin()),
+        };
         let jail = match backend {
             Backend::Jail => {
                 let jail = Jail::start(&Jail::rootfs_image(), &Jail::agent_bin());
                 cmd.arg("supervise")
                     .arg("--agent-sock")
                     .arg(jail.socket_path());
+                if net.is_some() {
+                    let pid = jail.agent_pid().expect("the jail's agent runs");
+                    cmd.arg("--net-ns").arg(format!("/proc/{pid}/ns/net"));
+                }
                 Some(jail)
             }
             Backend::Vm => {
@@ -161,6 +195,12 @@ impl Sandbox {
         cmd.arg("--api-sock").arg(&api_socket);
         let (ready_read, ready_write) = readiness_pipe(&mut cmd);
         cmd.args(extra);
+        if let Some(net) = net {
+            if matches!(backend, Backend::Vm) {
+                cmd.args(["--net", "auto"]);
+            }
+            cmd.args(net.flags);
+        }
         // A VM's serial console goes to a file, for the test to show when it fails.
         let console = std::fs::File::create(dir.path().join(CONSOLE_FILE)).expect("console log");
         cmd.stdin(Stdio::null())

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use vmm::cli;
 use vmm::config::{parse_drive_flag, DriveSpec, FileConfig, Overrides, VmConfig};
 use vmm::exit::{EXIT_OK, EXIT_SETUP_ERROR, EXIT_USAGE};
+use vmm::hostnet::attach;
 
 /// `vmm shell`: the image's bash as a login shell, or sh where there is no bash.
 const SHELL_COMMAND: &str = "if command -v bash >/dev/null; then exec bash -l; else exec sh -l; fi";
@@ -185,6 +186,21 @@ struct SuperviseArgs {
     /// Write the readiness JSON line to this file descriptor instead of stdout.
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
+    /// The jail's network namespace (e.g. /proc/PID/ns/net): the sandbox gets a veth on
+    /// the bridge of `vmm net setup`, whose other end is eth0 in there, as `--net auto`
+    /// gives a VM a TAP; the agent configures it. Needs root (CAP_NET_ADMIN).
+    #[arg(long, value_name = "PATH")]
+    net_ns: Option<PathBuf>,
+    /// With --net-ns: egress only to this IPv4 CIDR (repeatable).
+    #[arg(long = "allow", value_name = "CIDR", requires = "net_ns")]
+    allow: Vec<String>,
+    /// With --net-ns: forward a host TCP port to the sandbox's port (repeatable).
+    #[arg(
+        long = "publish",
+        value_name = "[ADDR:]HOSTPORT:GUESTPORT",
+        requires = "net_ns"
+    )]
+    publish: Vec<String>,
     #[command(flatten)]
     security: SecurityArgs,
 }
@@ -247,7 +263,7 @@ struct RunArgs {
     /// TOML config file; flags override its values. Keys: kernel, initrd, rootfs,
     /// overlay, cpus, memory_mib, append, init, [[drives]] (path, read_only, id, overlay),
     /// [api] (socket, lifetime_secs), [vsock] (uds_path, guest_cid), [net] (mode =
-    /// "tap"|"none", tap, mac, block_network).
+    /// "auto"|"tap"|"none", tap, mac, block_network, allow, publish).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
@@ -300,11 +316,13 @@ struct RunArgs {
     /// Write the readiness JSON line to this file descriptor instead of stdout.
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
-    /// A virtio-net NIC on the TAP device NAME (opened, or created when it does not
-    /// exist, which needs CAP_NET_ADMIN); its host side is yours. The MAC defaults to a
-    /// random locally administered one. (`auto`, a TAP that vmm wires to host-side NAT
-    /// with a per-sandbox policy, is not built yet.)
-    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    /// A virtio-net NIC. `auto`: on a TAP that vmm creates on the bridge of `vmm net
+    /// setup`, with an address on its network, NAT to the host's routes, a DNS server,
+    /// and the --allow and --publish policy; the guest agent configures eth0 (needs root:
+    /// CAP_NET_ADMIN). `tap=NAME`: on the TAP NAME (opened, or created when it does not
+    /// exist, which needs CAP_NET_ADMIN), whose host side is yours. The MAC defaults to a
+    /// random locally administered one.
+    #[arg(long, value_name = "auto|tap=NAME[,mac=MAC]")]
     net: Option<String>,
     /// No NIC, whatever the config file says (the default when nothing asks for one).
     #[arg(long, conflicts_with = "net")]
@@ -312,16 +330,13 @@ struct RunArgs {
     /// No NIC, and an error if anything asks for one (the sandbox policy).
     #[arg(long)]
     block_network: bool,
-    /// With --net auto (not built yet): egress only to this CIDR (repeatable).
-    #[arg(long = "allow", value_name = "CIDR", hide = true)]
+    /// With --net auto: egress only to this IPv4 CIDR (repeatable); without it, egress is
+    /// open (except to other sandboxes). DNS through the host side always works.
+    #[arg(long = "allow", value_name = "CIDR")]
     allow: Vec<String>,
-    /// With --net auto (not built yet): forward a host TCP port to a guest port
-    /// (repeatable); without ADDR, on every host address.
-    #[arg(
-        long = "publish",
-        value_name = "[ADDR:]HOSTPORT:GUESTPORT",
-        hide = true
-    )]
+    /// With --net auto: forward a host TCP port to a guest port (repeatable); without
+    /// ADDR, on every host address. Nothing else reaches the guest from outside.
+    #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT")]
     publish: Vec<String>,
     /// Change the root directory to DIR before anything else: every path (the config
     /// file, kernel, disks, sockets, /dev/kvm) is then inside DIR. Needs CAP_SYS_CHROOT.
@@ -367,8 +382,18 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         },
     };
     let config = VmConfig::build(file, overrides)?;
+    if args.chroot.is_some()
+        && config
+            .net
+            .as_ref()
+            .is_some_and(|n| n.backend == vmm::config::NetBackend::Auto)
+    {
+        anyhow::bail!("--net auto cannot be used with --chroot: its host side runs ip and nft outside it (use --net tap=NAME on a TAP you set up)");
+    }
+    // Before no_new_privs and the filters: the releaser it starts keeps CAP_NET_ADMIN.
+    let attachment = attach::attach_spec(config.net.as_ref(), attach::LinkRequest::Tap)?;
     let seccomp = args.security.prepare()?;
-    let reason = vmm::vm::run(&config, seccomp)?;
+    let reason = vmm::vm::run(&config, seccomp, attachment)?;
     let code = reason.exit_code();
     if code == EXIT_OK {
         log::info!("{reason}");
@@ -405,14 +430,37 @@ where
 }
 
 fn supervise(args: SuperviseArgs) -> anyhow::Result<i32> {
+    let spec = vmm::config::net::build(
+        None,
+        vmm::config::NetFlags {
+            net: args.net_ns.as_ref().map(|_| "auto".to_string()),
+            allow: args.allow,
+            publish: args.publish,
+            ..Default::default()
+        },
+    )?;
+    let attachment = match args.net_ns {
+        Some(netns) => attach::attach_spec(spec.as_ref(), attach::LinkRequest::Veth { netns })?,
+        None => None,
+    };
+    let seccomp = args.security.prepare()?;
+    let network = match attachment {
+        Some(a) => {
+            let guest = a.guest.clone();
+            vmm::hostnet::services::spawn(a.dns, a.published, seccomp.clone())?;
+            Some(guest)
+        }
+        None => None,
+    };
     let options = vmm::sandbox::Options {
         api_socket: args.api_sock,
         agent: agent::connect::Address::Unix(args.agent_sock),
         lifetime: args.lifetime.map(Duration::from_secs),
         ready_fd: args.ready_fd,
         started: Instant::now(),
-        seccomp: args.security.prepare()?,
+        seccomp,
         drives: None,
+        network,
     };
     let reason = vmm::sandbox::supervise(options)?;
     log::info!("{reason}");
@@ -507,7 +555,7 @@ fn main() -> ExitCode {
         Command::Net(command) => match cli::net::run(command) {
             Ok(text) => print_or_fail(&text),
             Err(e) => {
-                eprintln!("vmm: {e}");
+                eprintln!("vmm: {}", error_chain(&e.into()));
                 EXIT_SETUP_ERROR
             }
         },

@@ -15,6 +15,7 @@ use crate::console::{ConsoleWatcher, RawTerminal};
 use crate::device_manager::{DeviceError, Devices};
 use crate::drives::{DriveError, Drives};
 use crate::exit::ExitReason;
+use crate::hostnet::attach::{Attachment, SandboxLink};
 use crate::machine::{Machine, MachineError};
 use crate::seccomp::{Filters, ThreadKind};
 use crate::signals;
@@ -47,21 +48,38 @@ pub enum VmError {
     Thread(&'static str, #[source] std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
-    #[error("--net auto (and its allow and publish policy) is not built yet: use --net tap=NAME")]
-    NoAutoNetYet,
+    #[error("--net auto needs the host side attached first (vmm::hostnet::attach)")]
+    NotAttached,
     #[error(transparent)]
     Net(#[from] devices::virtio::net::NetError),
 }
 
 /// Runs the VM; returns why it stopped. Errors are setup failures (nothing ran).
-pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmError> {
+/// `attachment` is the host side of `--net auto`, made by the caller before anything
+/// was confined.
+pub fn run(
+    config: &VmConfig,
+    seccomp: Arc<Filters>,
+    attachment: Option<Attachment>,
+) -> Result<ExitReason, VmError> {
     let setup_started = Instant::now();
     let (exit_tx, exit_rx) = channel();
     // Blocked here so every thread spawned below inherits the mask; one thread waits.
     let stop_signals = signals::block_stop_signals();
     vcpu::install_kick_handler().map_err(VmError::KickHandler)?;
 
-    let net = config.net.as_ref().map(open_nic).transpose()?;
+    let (tap, guest_network, host_services) = match attachment {
+        Some(a) => match a.link {
+            SandboxLink::Tap(tap) => (Some(tap), Some(a.guest), Some((a.dns, a.published))),
+            SandboxLink::Veth => return Err(VmError::NotAttached),
+        },
+        None => (None, None, None),
+    };
+    let net = config
+        .net
+        .as_ref()
+        .map(|spec| open_nic(spec, tap))
+        .transpose()?;
     let machine = Machine::new(config.memory_bytes())?;
     let watcher = ConsoleWatcher::new();
     let (mut drives, blocks) = Drives::open(&config.drives)?;
@@ -98,6 +116,10 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
     // (no capabilities, its seccomp filter) before it does any work; this one last.
     signals::spawn_signal_thread(stop_signals, exit_tx.clone(), seccomp.clone())
         .map_err(|e| VmError::Thread("signal", e))?;
+    if let Some((dns, published)) = host_services {
+        crate::hostnet::services::spawn(dns, published, seccomp.clone())
+            .map_err(|e| VmError::Thread("hostnet", e))?;
+    }
     let Devices {
         pio,
         mmio,
@@ -133,6 +155,7 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
             setup_started,
             &seccomp,
             drives.clone(),
+            guest_network.clone(),
         )?),
         None => None,
     };
@@ -171,16 +194,21 @@ pub fn run(config: &VmConfig, seccomp: Arc<Filters>) -> Result<ExitReason, VmErr
 }
 
 /// The NIC on its TAP, opened before anything is confined.
-fn open_nic(spec: &crate::config::NetSpec) -> Result<devices::virtio::net::Net, VmError> {
+fn open_nic(
+    spec: &crate::config::NetSpec,
+    attached: Option<devices::virtio::net::Tap>,
+) -> Result<devices::virtio::net::Net, VmError> {
     use devices::virtio::net::{Net, NetConfig, TapSource};
-    match &spec.backend {
-        crate::config::NetBackend::Tap(name) => Ok(Net::new(NetConfig {
-            tap: TapSource::Name(name.clone()),
-            mac: spec.mac,
-            mtu: None,
-        })?),
-        crate::config::NetBackend::Auto => Err(VmError::NoAutoNetYet),
-    }
+    let tap = match (&spec.backend, attached) {
+        (crate::config::NetBackend::Tap(name), _) => TapSource::Name(name.clone()),
+        (crate::config::NetBackend::Auto, Some(tap)) => TapSource::Open(tap),
+        (crate::config::NetBackend::Auto, None) => return Err(VmError::NotAttached),
+    };
+    Ok(Net::new(NetConfig {
+        tap,
+        mac: spec.mac,
+        mtu: None,
+    })?)
 }
 
 fn start_supervisor(
@@ -190,6 +218,7 @@ fn start_supervisor(
     started: Instant,
     seccomp: &Arc<Filters>,
     drives: Arc<Drives>,
+    network: Option<crate::hostnet::attach::GuestNetwork>,
 ) -> Result<crate::sandbox::Handle, VmError> {
     let vsock = config
         .vsock
@@ -206,6 +235,7 @@ fn start_supervisor(
         started,
         seccomp: seccomp.clone(),
         drives: Some(drives),
+        network,
     };
     let exit = std::sync::Mutex::new(exit_tx.clone());
     Ok(crate::sandbox::spawn(

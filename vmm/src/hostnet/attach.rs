@@ -59,21 +59,14 @@ pub struct DnsSockets {
     pub upstreams: Vec<SocketAddr>,
 }
 
-/// A sandbox on the host side. Its rules stay until the vmm process ends (the releaser
-/// holds the other end of `releaser`), so dropping this early is not a release.
+/// A sandbox on the host side. Its rules stay until the vmm process ends (see
+/// `spawn_releaser`), whatever becomes of this value.
 #[derive(Debug)]
 pub struct Attachment {
     pub link: SandboxLink,
     pub guest: GuestNetwork,
     pub dns: DnsSockets,
     pub published: Vec<PublishedPort>,
-    _releaser: Releaser,
-}
-
-#[derive(Debug)]
-struct Releaser {
-    _child: Child,
-    _pipe: ChildStdin,
 }
 
 /// The request for one sandbox.
@@ -109,8 +102,9 @@ pub fn attach(request: &AttachRequest) -> Result<Attachment, HostNetError> {
     }
     let taken = gc::sandboxes_with_rules()?;
     let (address, link) = claim_address(&host, &taken, &request.link, request.mac)?;
-    // From here on the releaser undoes whatever exists, also if a step below fails.
-    let releaser = spawn_releaser(request.vmm_binary, address, &request.link)?;
+    // From here on the releaser undoes whatever exists once we end, also if a step below
+    // fails (the vmm then exits with that error).
+    spawn_releaser(request.vmm_binary, address, &request.link)?;
     let (udp, tcp) = bind_dns(host.gateway)?;
     let rules = SandboxRules {
         address,
@@ -165,7 +159,6 @@ pub fn attach(request: &AttachRequest) -> Result<Attachment, HostNetError> {
                 guest: SocketAddrV4::new(address, port),
             })
             .collect(),
-        _releaser: releaser,
     })
 }
 
@@ -277,12 +270,9 @@ pub fn upstream_resolvers(resolv_conf: &Path) -> Result<Vec<SocketAddr>, HostNet
 
 /// `vmm net release --wait ADDRESS [--delete-link]` in its own process group (a Ctrl-C at
 /// the terminal must not stop it): it waits for its stdin to end, which happens when this
-/// process ends, however it ends.
-fn spawn_releaser(
-    vmm: &Path,
-    address: Ipv4Addr,
-    link: &LinkRequest,
-) -> Result<Releaser, HostNetError> {
+/// process ends, however it ends. The pipe's write end is never closed here on purpose
+/// (it is close-on-exec, so no child of ours holds it): the kernel closes it at our end.
+fn spawn_releaser(vmm: &Path, address: Ipv4Addr, link: &LinkRequest) -> Result<(), HostNetError> {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(vmm);
     cmd.args(["net", "release", "--wait", &address.to_string()]);
@@ -298,11 +288,11 @@ fn spawn_releaser(
             "start the releaser ({})",
             vmm.display()
         )))?;
-    let pipe = child.stdin.take().expect("stdin was piped");
-    Ok(Releaser {
-        _child: child,
-        _pipe: pipe,
-    })
+    let pipe: ChildStdin = child.stdin.take().expect("stdin was piped");
+    let _ = std::os::fd::IntoRawFd::into_raw_fd(pipe);
+    // Not waited for: it outlives us, and init reaps it.
+    drop::<Child>(child);
+    Ok(())
 }
 
 /// The releaser's side: waits for stdin to end, then removes the rules.
@@ -331,4 +321,25 @@ pub fn parse_subnet(value: &str) -> Result<Ipv4Net, HostNetError> {
             "subnet {value:?}: not an IPv4 CIDR like 10.200.0.0/16"
         ))
     })
+}
+
+/// Attaches the sandbox of `spec` (backend Auto) with this binary as the releaser and the
+/// host's /etc/resolv.conf; None for any other backend.
+pub fn attach_spec(
+    spec: Option<&crate::config::NetSpec>,
+    link: LinkRequest,
+) -> Result<Option<Attachment>, HostNetError> {
+    let Some(spec) = spec.filter(|s| s.backend == crate::config::NetBackend::Auto) else {
+        return Ok(None);
+    };
+    let vmm_binary = std::env::current_exe().map_err(HostNetError::io("find the vmm binary"))?;
+    attach(&AttachRequest {
+        link,
+        mac: spec.mac,
+        egress: &spec.egress,
+        publish: &spec.publish,
+        vmm_binary: &vmm_binary,
+        resolv_conf: Path::new("/etc/resolv.conf"),
+    })
+    .map(Some)
 }

@@ -86,10 +86,12 @@ pub fn setup(subnet: Ipv4Net) -> Result<HostSide, HostNetError> {
         None
     };
     match current {
-        Some((have, _)) if have != wanted => return Err(HostNetError::Invalid(format!(
+        Some((have, _)) if have != wanted => {
+            return Err(HostNetError::Invalid(format!(
             "the bridge {BRIDGE} already has {have}, not {wanted}: run `vmm net teardown` first \
                  (it ends the network of running sandboxes)"
-        ))),
+        )))
+        }
         Some(_) => {}
         None => ip_batch(
             &format!("addr add {wanted} dev {BRIDGE}\n"),

@@ -9,10 +9,13 @@
 
 pub mod attach;
 pub mod command;
+mod dns;
 pub mod gc;
 pub mod host;
 pub mod lock;
+mod proxy;
 pub mod ruleset;
+pub mod services;
 
 /// The bridge `vmm net setup` creates.
 pub const BRIDGE: &str = "vmmbr0";
@@ -31,7 +34,7 @@ pub enum HostNetError {
     NotSetUp(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

@@ -58,6 +58,8 @@ pub struct Options {
     pub seccomp: Arc<Filters>,
     /// The VM's drives, for live snapshots; None in the test jail.
     pub drives: Option<Arc<dyn DriveSnapshots>>,
+    /// With --net auto: what the agent configures before the sandbox is ready.
+    pub network: Option<crate::hostnet::attach::GuestNetwork>,
 }
 
 /// Default time the guest gets to sync and power off on Terminate.

@@ -25,15 +25,18 @@ pub enum ThreadKind {
     Supervisor,
     /// Waits for SIGTERM/SIGINT/SIGHUP.
     Signals,
+    /// With --net auto: the sandbox's DNS forwarder and published ports (tokio).
+    HostNet,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 6] = [
         Self::Main,
         Self::Vcpu,
         Self::Devices,
         Self::Supervisor,
         Self::Signals,
+        Self::HostNet,
     ];
 
     /// The thread kind's key in the policy file.
@@ -44,6 +47,7 @@ impl ThreadKind {
             Self::Devices => "devices",
             Self::Supervisor => "supervisor",
             Self::Signals => "signals",
+            Self::HostNet => "hostnet",
         }
     }
 }

@@ -1,0 +1,331 @@
+//! Sandbox networking end to end (`--net auto`): each test builds a NetLab (the
+//! sandboxes' host and a "world" behind it, in network namespaces) and starts sandboxes
+//! whose vmm runs on that host: the test jail with a veth (tier 2), and Linux VMs with a
+//! TAP (tier 3). The guest agent configures eth0 and resolv.conf; traffic leaves through
+//! the host's NAT, under the sandbox's policy.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use vmm::client::{Client, ExecOutput};
+use vmm_tests::netlab::{NetLab, FAR, HOST_WAN, HTTP_PORT, WORLD, WORLD_NAME};
+use vmm_tests::sandbox::{skip_tier3, Backend, Networked, Sandbox};
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Jail,
+    Vm,
+}
+
+macro_rules! net_e2e {
+    ($body:ident) => {
+        mod $body {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn jail() {
+                super::$body(Kind::Jail).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tier3_vm() {
+                if skip_tier3(stringify!($body)) {
+                    return;
+                }
+                tokio::time::timeout(VM_TEST_TIMEOUT, super::$body(Kind::Vm))
+                    .await
+                    .expect("the test did not finish in time");
+            }
+        }
+    };
+}
+
+/// Longest a tier-3 body may run (its guests run inside the emulated KVM host here).
+const VM_TEST_TIMEOUT: Duration = Duration::from_secs(900);
+
+async fn start(kind: Kind, lab: &NetLab, flags: &[&str]) -> Sandbox {
+    let host = lab.host.clone();
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let net = Networked {
+            host_netns: &host,
+            flags: &flags,
+        };
+        let backend = match kind {
+            Kind::Jail => Backend::Jail,
+            Kind::Vm => Backend::Vm,
+        };
+        Sandbox::start_networked(backend, &net)
+    })
+    .await
+    .unwrap()
+}
+
+async fn sh(c: &Client, script: &str) -> ExecOutput {
+    c.run(&["sh", "-c", script], b"").await.expect("exec")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// An HTTP GET from inside the sandbox; its stdout, or Err with stderr.
+async fn fetch(c: &Client, host: &str, port: u16) -> Result<String, String> {
+    let out = sh(
+        c,
+        &format!(
+            "printf 'GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | \
+             socat -t5 -T10 - TCP:{host}:{port},connect-timeout=3"
+        ),
+    )
+    .await;
+    match out.code() {
+        Some(0) => Ok(text(&out.stdout)),
+        code => Err(format!("exit {code:?}: {}", text(&out.stderr))),
+    }
+}
+
+/// The sandbox's eth0 address.
+async fn address_of(c: &Client) -> String {
+    let out = sh(
+        c,
+        "ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1",
+    )
+    .await;
+    let addr = text(&out.stdout).trim().to_string();
+    assert!(
+        addr.starts_with("10.200."),
+        "eth0 has {addr:?}: {}",
+        text(&out.stderr)
+    );
+    addr
+}
+
+/// A TCP server on `port` in the sandbox that answers every connection with `reply`; it
+/// runs until the sandbox ends. Returns once it accepts connections.
+async fn serve(c: &Client, port: u16, reply: &str) {
+    let server = format!("socat TCP-LISTEN:{port},fork,reuseaddr SYSTEM:'echo {reply}'");
+    let session = c
+        .exec(
+            agent::pb::ExecStart {
+                argv: ["sh", "-c", &server].map(String::from).to_vec(),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+        .expect("start the server");
+    // The exec lives on in the sandbox; its output is not needed.
+    std::mem::forget(session);
+    let wait = format!(
+        "for i in $(seq 100); do socat -u OPEN:/dev/null TCP:127.0.0.1:{port} 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
+    );
+    assert_eq!(
+        sh(c, &wait).await.code(),
+        Some(0),
+        "the server never listened"
+    );
+}
+
+async fn nat_dns_and_http_through_the_host(kind: Kind) {
+    let lab = NetLab::new("nat");
+    let sb = start(kind, &lab, &[]).await;
+    let c = sb.client().await;
+    address_of(&c).await;
+    let route = sh(&c, "ip route show default").await;
+    assert!(
+        text(&route.stdout).contains("default via 10.200.0.1 dev eth0"),
+        "{}",
+        text(&route.stdout)
+    );
+    let resolv = sh(&c, "cat /etc/resolv.conf").await;
+    assert!(
+        text(&resolv.stdout).contains("nameserver 10.200.0.1"),
+        "{}",
+        text(&resolv.stdout)
+    );
+    // The host side's resolver forwards to the host's (the world's) DNS server.
+    let names = sh(&c, &format!("getent hosts {WORLD_NAME}")).await;
+    assert_eq!(
+        text(&names.stdout).split_whitespace().next(),
+        Some(WORLD.to_string().as_str()),
+        "{}",
+        text(&names.stderr)
+    );
+    // Through NAT: the world sees the host's address, not the sandbox's.
+    let page = fetch(&c, WORLD_NAME, HTTP_PORT)
+        .await
+        .expect("the fetch works");
+    assert!(
+        page.contains(&format!("world {WORLD} saw {HOST_WAN}")),
+        "{page}"
+    );
+}
+net_e2e!(nat_dns_and_http_through_the_host);
+
+async fn an_allow_list_lets_through_only_its_networks(kind: Kind) {
+    let lab = NetLab::new("allow");
+    let sb = start(kind, &lab, &["--allow", "198.18.0.0/24"]).await;
+    let c = sb.client().await;
+    let page = fetch(&c, &WORLD.to_string(), HTTP_PORT)
+        .await
+        .expect("allowed");
+    assert!(page.contains("saw"), "{page}");
+    let blocked = fetch(&c, &FAR.to_string(), HTTP_PORT).await;
+    assert!(blocked.is_err(), "{FAR} is not allowed, yet: {blocked:?}");
+    // DNS goes to the host side, whatever the policy.
+    let names = sh(&c, &format!("getent hosts {WORLD_NAME}")).await;
+    assert_eq!(names.code(), Some(0), "{}", text(&names.stderr));
+}
+net_e2e!(an_allow_list_lets_through_only_its_networks);
+
+async fn a_published_port_reaches_the_sandbox_from_the_host(kind: Kind) {
+    let lab = NetLab::new("publish");
+    let sb = start(kind, &lab, &["--publish", "127.0.0.1:18080:8000"]).await;
+    let c = sb.client().await;
+    serve(&c, 8000, "published-hello").await;
+    let reply = lab.on_host(|| {
+        let mut conn = TcpStream::connect(("127.0.0.1", 18080)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut reply = String::new();
+        let _ = conn.read_to_string(&mut reply);
+        reply
+    });
+    assert_eq!(reply.trim(), "published-hello");
+    // Nothing else comes in, even for a world that routes to the sandboxes through the
+    // host: neither the guest's port itself nor the port published on loopback.
+    let addr = address_of(&c).await;
+    lab.route_world_to_sandboxes();
+    let attempts = lab.on_world(move || {
+        [format!("{addr}:8000"), format!("{HOST_WAN}:18080")].map(|to| {
+            let at = to.parse().unwrap();
+            (
+                to,
+                TcpStream::connect_timeout(&at, Duration::from_secs(3)).is_ok(),
+            )
+        })
+    });
+    for (to, connected) in attempts {
+        assert!(!connected, "the world connected to {to}");
+    }
+}
+net_e2e!(a_published_port_reaches_the_sandbox_from_the_host);
+
+async fn sandboxes_reach_each_other_only_when_allowed(kind: Kind) {
+    let lab = NetLab::new("isolation");
+    let a = start(kind, &lab, &[]).await;
+    let ca = a.client().await;
+    let a_addr = address_of(&ca).await;
+    serve(&ca, 8000, "i-am-a").await;
+    let b = start(kind, &lab, &["--allow", &format!("{a_addr}/32")]).await;
+    let cb = b.client().await;
+    let b_addr = address_of(&cb).await;
+    serve(&cb, 8000, "i-am-b").await;
+    // Open egress still excludes other sandboxes.
+    let a_to_b = fetch(&ca, &b_addr, 8000).await;
+    assert!(a_to_b.is_err(), "A reached B: {a_to_b:?}");
+    // B's allow list names A.
+    let b_to_a = fetch(&cb, &a_addr, 8000).await.expect("B may reach A");
+    assert!(b_to_a.contains("i-am-a"), "{b_to_a}");
+    // And only A: the world is not on B's list.
+    assert!(fetch(&cb, &WORLD.to_string(), HTTP_PORT).await.is_err());
+    assert!(fetch(&ca, &WORLD.to_string(), HTTP_PORT).await.is_ok());
+}
+net_e2e!(sandboxes_reach_each_other_only_when_allowed);
+
+/// The addresses with rules on the lab's host (`sb-` chains).
+fn rules_on(lab: &NetLab) -> String {
+    let out = std::process::Command::new("/usr/sbin/ip")
+        .args([
+            "netns", "exec", &lab.host, "nft", "list", "table", "inet", "vmm",
+        ])
+        .output()
+        .unwrap();
+    text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("chain sb-"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn rules_go_when_the_sandbox_ends_even_by_kill_9(kind: Kind) {
+    let lab = NetLab::new("cleanup");
+    let mut sb = start(kind, &lab, &[]).await;
+    let c = sb.client().await;
+    address_of(&c).await;
+    assert!(!rules_on(&lab).is_empty());
+    // SIGKILL: no chance to clean up itself; its releaser does.
+    sb.process.kill().unwrap();
+    let _ = sb.process.wait();
+    wait_until("the release of the rules", Duration::from_secs(20), || {
+        rules_on(&lab).is_empty()
+    });
+    // The releaser killed too: the next start, or `vmm net gc`, collects them.
+    let sb2 = start(kind, &lab, &[]).await;
+    let c2 = sb2.client().await;
+    let addr2 = address_of(&c2).await;
+    let releaser = std::process::Command::new("pkill")
+        .args(["-9", "-f", &format!("net release --wait {addr2}")])
+        .status()
+        .unwrap();
+    assert!(releaser.success(), "no releaser for {addr2}");
+    drop(c2);
+    let mut sb2 = sb2;
+    sb2.process.kill().unwrap();
+    let _ = sb2.process.wait();
+    let link_gone = || {
+        !std::process::Command::new("/usr/sbin/ip")
+            .args(["netns", "exec", &lab.host, "ip", "link", "show", "dev"])
+            .arg(format!(
+                "vmt{:08x}",
+                u32::from(addr2.parse::<std::net::Ipv4Addr>().unwrap())
+            ))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    wait_until(
+        "the sandbox's link to go",
+        Duration::from_secs(20),
+        link_gone,
+    );
+    assert!(
+        rules_on(&lab).contains("sb-"),
+        "the rules went without a releaser"
+    );
+    let freed = lab.vmm(&["net", "gc"]);
+    assert_eq!(freed.trim(), format!("released {addr2}"));
+    assert!(rules_on(&lab).is_empty());
+}
+net_e2e!(rules_go_when_the_sandbox_ends_even_by_kill_9);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_block_network_means_no_nic() {
+    if skip_tier3("block_network_means_no_nic") {
+        return;
+    }
+    let sb = tokio::task::spawn_blocking(|| Sandbox::start_with(Backend::Vm, &["--block-network"]))
+        .await
+        .unwrap();
+    let c = sb.client().await;
+    let links = sh(&c, "ls /sys/class/net").await;
+    assert_eq!(
+        text(&links.stdout).split_whitespace().collect::<Vec<_>>(),
+        ["lo"]
+    );
+}
