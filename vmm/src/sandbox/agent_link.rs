@@ -47,10 +47,25 @@ pub fn client(address: Address) -> AgentClient<Channel> {
 pub async fn watch(supervisor: Arc<Supervisor>) {
     let mut announced = false;
     let mut misses = 0;
+    let mut network_configured = supervisor.options.network.is_none();
+    let mut last_network_error = String::new();
     loop {
         let mut agent = supervisor.probe.clone();
         let probe = tokio::time::timeout(PROBE_TIMEOUT, agent.ping(agent::pb::PingRequest {}));
         let failure = match probe.await {
+            Ok(Ok(_)) if !announced && !network_configured => {
+                // The sandbox is ready once its network is, too (--net auto).
+                match configure_network(&supervisor).await {
+                    Ok(()) => network_configured = true,
+                    Err(e) if e != last_network_error => {
+                        log::error!("{e}; retrying");
+                        supervisor.set_health(State::Starting, e.clone());
+                        last_network_error = e;
+                    }
+                    Err(_) => {}
+                }
+                None
+            }
             Ok(Ok(_)) => {
                 misses = 0;
                 supervisor.set_health(State::Ready, String::new());
@@ -81,6 +96,40 @@ pub async fn watch(supervisor: Arc<Supervisor>) {
             PROBE_INTERVAL_STARTING
         };
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// Has the agent configure the guest's NIC and resolver (ConfigureNetwork).
+async fn configure_network(supervisor: &Supervisor) -> Result<(), String> {
+    let Some(net) = &supervisor.options.network else {
+        return Ok(());
+    };
+    let request = agent::pb::NetworkConfig {
+        mac: net.mac.map(|b| format!("{b:02x}")).join(":"),
+        address: net.address.to_string(),
+        prefix_len: net.prefix_len.into(),
+        gateway: net.gateway.to_string(),
+        mtu: net.mtu,
+        nameservers: net.nameservers.iter().map(|a| a.to_string()).collect(),
+    };
+    let mut agent = supervisor.agent.clone();
+    let call = tokio::time::timeout(PROBE_TIMEOUT, agent.configure_network(request));
+    match call.await {
+        Ok(Ok(done)) => {
+            log::info!(
+                "the guest's {} is {}/{} via {}",
+                done.into_inner().interface,
+                net.address,
+                net.prefix_len,
+                net.gateway
+            );
+            Ok(())
+        }
+        Ok(Err(status)) => Err(format!(
+            "the agent could not configure the network: {}",
+            status.message()
+        )),
+        Err(_) => Err("the agent did not configure the network in time".into()),
     }
 }
 
