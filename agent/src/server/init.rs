@@ -163,35 +163,7 @@ pub fn mount_all() {
 
 /// Brings the loopback interface up (SIOCGIFFLAGS / SIOCSIFFLAGS).
 pub fn loopback_up() -> io::Result<()> {
-    // SAFETY: socket(2) returns a new descriptor or -1.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    // SAFETY: an all-zero ifreq is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS fills the flags of the valid `ifreq`.
-    if unsafe { libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just initialised the flags member of the union.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    let up = libc::IFF_UP as libc::c_short;
-    if flags & up != 0 {
-        return Ok(());
-    }
-    req.ifr_ifru.ifru_flags = flags | up;
-    // SAFETY: SIOCSIFFLAGS reads the valid `ifreq`.
-    if unsafe { libc::ioctl(raw, libc::SIOCSIFFLAGS, &req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    super::network::Socket::open()?.set_up("lo")
 }
 
 /// The hostname to set: `--hostname`, else the first word of /etc/hostname.

@@ -10,6 +10,7 @@ pub mod freeze;
 pub mod init;
 pub mod listen;
 pub mod logger;
+pub mod network;
 pub mod pty;
 pub mod reaper;
 pub mod sandbox_cgroup;

@@ -11,9 +11,9 @@ use agent::pb::read_file_response::Part as ReadPart;
 use agent::pb::write_file_request::Part as WritePart;
 use agent::pb::{
     Empty, ExecInput, ExecOutput, FileInfo, FreezeRequest, FreezeResponse, ListRequest,
-    ListResponse, MakeDirRequest, PingRequest, PingResponse, ReadFileRequest, ReadFileResponse,
-    RemoveRequest, RenameRequest, ShutdownRequest, StatRequest, ThawRequest, ThawResponse,
-    WriteFileRequest, WriteFileResponse,
+    ListResponse, MakeDirRequest, NetworkConfig, NetworkConfigured, PingRequest, PingResponse,
+    ReadFileRequest, ReadFileResponse, RemoveRequest, RenameRequest, ShutdownRequest, StatRequest,
+    ThawRequest, ThawResponse, WriteFileRequest, WriteFileResponse,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -25,7 +25,7 @@ use super::errors::path_status;
 use super::freeze::{FreezeError, Freezer, DEFAULT_TIMEOUT};
 use super::reaper::Reaper;
 use super::sandbox_cgroup::SandboxCgroup;
-use super::{exec, files, init, session};
+use super::{exec, files, init, network, session};
 
 /// Chunk size for ReadFile.
 const READ_CHUNK: usize = 64 * 1024;
@@ -35,7 +35,7 @@ pub struct AgentService {
     reaper: Reaper,
     /// Where execs run, when the guest has cgroup v2.
     cgroup: Option<Arc<SandboxCgroup>>,
-    /// Where user lookups read passwd and group.
+    /// Where user lookups read passwd and group, and ConfigureNetwork writes resolv.conf.
     etc: PathBuf,
     /// Tells `main` to shut down (after this RPC's reply has gone out).
     shutdown: mpsc::Sender<()>,
@@ -305,6 +305,22 @@ impl Agent for AgentService {
             .await
             .map_err(|e| Status::internal(format!("thaw failed: {e}")))?;
         Ok(Response::new(reply))
+    }
+
+    async fn configure_network(
+        &self,
+        request: Request<NetworkConfig>,
+    ) -> Result<Response<NetworkConfigured>, Status> {
+        let plan = network::plan(&request.into_inner()).map_err(|e| e.status())?;
+        let resolv_conf = self.etc.join("resolv.conf");
+        // Not under FILE_OPS or its time limit, like a freeze: rare, and a few ioctls and a
+        // small file. Runs on a thread of this process: in the agent's network namespace.
+        let interface =
+            tokio::task::spawn_blocking(move || network::configure(&plan, &resolv_conf))
+                .await
+                .map_err(|e| Status::internal(format!("network configuration failed: {e}")))?
+                .map_err(|e| e.status())?;
+        Ok(Response::new(NetworkConfigured { interface }))
     }
 }
 
