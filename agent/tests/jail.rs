@@ -9,7 +9,7 @@ mod jail;
 use std::time::Duration;
 
 use agent::pb::write_file_request::Part as WritePart;
-use agent::pb::{PingRequest, ShutdownRequest, WriteFileHeader, WriteFileRequest};
+use agent::pb::{NetworkConfig, PingRequest, ShutdownRequest, WriteFileHeader, WriteFileRequest};
 use common::*;
 use jail::Jail;
 
@@ -205,4 +205,86 @@ async fn the_jail_has_its_own_dev_net_and_pids_and_a_read_only_sys() {
     };
     let max = std::fs::read_to_string(format!("{base}{path}/pids.max")).unwrap();
     assert_eq!(max.trim(), jail::JAIL_PIDS_MAX.to_string());
+}
+
+/// ConfigureNetwork through the API, the agent as PID 1 of the jail's own network
+/// namespace: a veth end made inside the jail stands in for the VM's NIC, and
+/// /etc/resolv.conf starts as systemd-resolved's symlink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_configures_the_nic_with_the_given_mac() {
+    let jail =
+        tokio::task::spawn_blocking(|| Jail::start(&Jail::rootfs_image(), &Jail::agent_bin()))
+            .await
+            .unwrap();
+    let mut c = connect(jail.socket_path()).await;
+    run_ok(
+        &mut c,
+        "ip link add eth0 address 02:00:0a:c8:03:04 type veth peer name host0 \
+         && ip link set host0 up \
+         && ln -sfn ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf",
+    )
+    .await;
+    let config = |gateway: &str, mtu: u32| NetworkConfig {
+        mac: "02:00:0a:c8:03:04".into(),
+        address: "10.200.3.4".into(),
+        prefix_len: 16,
+        gateway: gateway.into(),
+        mtu,
+        nameservers: vec!["10.200.0.1".into(), "1.1.1.1".into()],
+    };
+    let reply = c
+        .configure_network(config("10.200.0.1", 1400))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.interface, "eth0");
+    let state = "ip -o link show dev eth0; ip -o -4 addr show dev eth0; ip route show default; \
+                 test -L /etc/resolv.conf && echo symlink; cat /etc/resolv.conf";
+    let out = run_ok(&mut c, state).await;
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains(",UP,") && lines[0].contains(" mtu 1400 "),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains(" inet 10.200.3.4/16 brd 10.200.255.255 "),
+        "{out}"
+    );
+    assert_eq!(lines[2], "default via 10.200.0.1 dev eth0 ", "{out}");
+    assert_eq!(
+        lines[3..],
+        [
+            "# Written by vmm-agent (ConfigureNetwork) from what the host assigned.",
+            "nameserver 10.200.0.1",
+            "nameserver 1.1.1.1"
+        ],
+        "{out}"
+    );
+
+    // Again with another gateway: the default route moves.
+    c.configure_network(config("10.200.0.254", 0))
+        .await
+        .unwrap();
+    let out = run_ok(&mut c, "ip route show default").await;
+    assert_eq!(out, "default via 10.200.0.254 dev eth0 \n");
+
+    let mut unknown = config("10.200.0.1", 0);
+    unknown.mac = "02:00:0a:c8:03:99".into();
+    let e = c.configure_network(unknown).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    assert!(
+        e.message()
+            .starts_with("no interface has MAC 02:00:0a:c8:03:99 (seen: lo, "),
+        "{e:?}"
+    );
+    let mut bad = config("10.200.0.1", 0);
+    bad.address = "10.0.0.300".into();
+    let e = c.configure_network(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert_eq!(e.message(), "address \"10.0.0.300\": not an IPv4 address");
+    let log = jail.log();
+    assert!(
+        log.contains("eth0: 10.200.3.4/16 via 10.200.0.1, mtu 1400, dns 10.200.0.1 1.1.1.1"),
+        "{log}"
+    );
 }
