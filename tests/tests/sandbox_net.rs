@@ -284,16 +284,17 @@ async fn rules_go_when_the_sandbox_ends_even_by_kill_9(kind: Kind) {
         .unwrap();
     assert!(releaser.success(), "no releaser for {addr2}");
     drop(c2);
-    let mut sb2 = sb2;
-    sb2.process.kill().unwrap();
-    let _ = sb2.process.wait();
+    // The whole sandbox goes (for the jail, its namespace and so its veth with it).
+    drop(sb2);
+    let link = format!(
+        "vmt{:08x}",
+        u32::from(addr2.parse::<std::net::Ipv4Addr>().unwrap())
+    );
     let link_gone = || {
         !std::process::Command::new("/usr/sbin/ip")
-            .args(["netns", "exec", &lab.host, "ip", "link", "show", "dev"])
-            .arg(format!(
-                "vmt{:08x}",
-                u32::from(addr2.parse::<std::net::Ipv4Addr>().unwrap())
-            ))
+            .args([
+                "netns", "exec", &lab.host, "ip", "link", "show", "dev", &link,
+            ])
             .output()
             .unwrap()
             .status

@@ -102,9 +102,24 @@ pub fn setup(subnet: Ipv4Net) -> Result<HostSide, HostNetError> {
         &format!("link set dev {BRIDGE} up\n"),
         &format!("bring the bridge {BRIDGE} up"),
     )?;
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(HostNetError::io(
-        "turn on IPv4 forwarding (/proc/sys/net/ipv4/ip_forward)",
-    ))?;
+    // Forwarding, and private-VLAN proxy ARP: the ports are isolated, so the host answers
+    // ARP for one sandbox's address to another with its own MAC, and traffic between
+    // sandboxes is routed through it (and its rules) instead of failing at layer 2.
+    let sysctls = [
+        ("ipv4/ip_forward".to_string(), "turn on IPv4 forwarding"),
+        (
+            format!("ipv4/conf/{BRIDGE}/proxy_arp"),
+            "turn on proxy ARP on the bridge",
+        ),
+        (
+            format!("ipv4/conf/{BRIDGE}/proxy_arp_pvlan"),
+            "turn on private-VLAN proxy ARP on the bridge",
+        ),
+    ];
+    for (key, what) in sysctls {
+        let path = format!("/proc/sys/net/{key}");
+        std::fs::write(&path, "1").map_err(HostNetError::io(format!("{what} ({path})")))?;
+    }
     let host = host_side()?;
     nft(&ruleset::setup(&host), "install the base rules")?;
     Ok(host)
