@@ -12,9 +12,10 @@ cache_root=${VMM_CACHE_DIR:-$HOME/.cache/vmm}/nested
 # Modules L1 loads, in this order (their dependencies are resolved from modules.dep);
 # vhost_vsock serves QEMU microvm, the boot benchmark's peer; tun gives the virtio-net
 # tests their TAP devices; bridge, veth and the nf_tables expressions are the host side
-# of --net auto (`vmm net setup`: NAT, conntrack, redirect, bridge-family rules).
+# of --net auto (`vmm net setup`: NAT, conntrack, redirect, bridge-family rules);
+# crc32c_generic first: libcrc32c (for conntrack) asks the crypto API for it at load.
 modules=(virtio_pci virtio_blk 9pnet_virtio 9p kvm kvm-amd loop vhost_vsock tun
-	bridge veth nf_tables nft_ct nft_nat nft_masq nft_redir nft_chain_nat nft_meta_bridge)
+	crc32c_generic bridge veth nf_tables nft_ct nft_nat nft_masq nft_redir nft_chain_nat nft_meta_bridge)
 
 log() { echo "nested: $*" >&2; }
 die() {

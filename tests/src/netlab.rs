@@ -2,15 +2,16 @@
 //! host (`vmm net setup` runs there, and their vmm processes) and a "world" behind it,
 //! which the host reaches through a veth, as its default route. The world serves HTTP on
 //! two networks (WORLD on 198.18.0.0/24, FAR on 198.18.1.0/24) and DNS for `world.test`;
-//! the host's resolv.conf (`/etc/netns/HOST/resolv.conf`, which `ip netns exec` mounts)
-//! names the world's DNS server. Only these namespaces are touched: never the machine's
+//! the host's resolv.conf names the world's DNS server: `host_command` bind-mounts the
+//! lab's own over /etc/resolv.conf in the mount namespace `ip netns exec` makes (/etc
+//! itself may be read-only, as in the emulated KVM host). Only these namespaces are touched: never the machine's
 //! own network, never an address beyond it (198.18.0.0/15 is the benchmarking range).
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub const WORLD_NAME: &str = "world.test";
 pub struct NetLab {
     pub host: String,
     world: String,
-    resolv_dir: PathBuf,
+    dir: tempfile::TempDir,
     stop: Arc<AtomicBool>,
 }
 
@@ -65,17 +66,13 @@ impl NetLab {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let id = format!("{tag}-{}-{n}", std::process::id());
         let (host, world) = (format!("vmmh-{id}"), format!("vmmw-{id}"));
-        let resolv_dir = Path::new("/etc/netns").join(&host);
-        std::fs::create_dir_all(&resolv_dir).unwrap();
-        std::fs::write(
-            resolv_dir.join("resolv.conf"),
-            format!("nameserver {WORLD}\n"),
-        )
-        .unwrap();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let resolv = format!("nameserver {WORLD}\n");
+        std::fs::write(dir.path().join("resolv.conf"), resolv).unwrap();
         let lab = Self {
             host,
             world,
-            resolv_dir,
+            dir,
             stop: Arc::new(AtomicBool::new(false)),
         };
         ip(&["netns", "add", &lab.host]);
@@ -112,11 +109,21 @@ impl NetLab {
         lab
     }
 
+    /// A command that runs `program` in the host namespace, with the lab's resolv.conf
+    /// as /etc/resolv.conf; the program keeps the command's pid.
+    pub fn host_command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(IP);
+        cmd.args(["netns", "exec", &self.host, "sh", "-c"])
+            .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
+            .arg(self.dir.path().join("resolv.conf"))
+            .arg(program);
+        cmd
+    }
+
     /// Runs `vmm ARGS` in the host namespace; panics with its stderr when it fails.
     pub fn vmm(&self, args: &[&str]) -> String {
-        let out = Command::new(IP)
-            .args(["netns", "exec", &self.host])
-            .arg(vmm_bin())
+        let out = self
+            .host_command(&vmm_bin())
             .args(args)
             .output()
             .expect("vmm runs");
@@ -241,7 +248,6 @@ impl Drop for NetLab {
         for ns in [&self.host, &self.world] {
             let _ = Command::new(IP).args(["netns", "del", ns]).status();
         }
-        let _ = std::fs::remove_dir_all(&self.resolv_dir);
     }
 }
 

@@ -34,11 +34,11 @@ pub enum Backend {
     Vm,
 }
 
-/// A sandbox on the host side of `--net auto`: its vmm runs in `host_netns` (a named
-/// network namespace where `vmm net setup` ran), with these flags (`--allow`,
-/// `--publish`). A VM gets `--net auto`; the jail gets `--net-ns` (a veth into it).
+/// A sandbox on the host side of `--net auto`: its vmm runs in the lab's host namespace
+/// (where `vmm net setup` ran), with these flags (`--allow`, `--publish`). A VM gets
+/// `--net auto`; the jail gets `--net-ns` (a veth into it).
 pub struct Networked<'a> {
-    pub host_netns: &'a str,
+    pub lab: &'a crate::netlab::NetLab,
     pub flags: &'a [&'a str],
 }
 
@@ -146,11 +146,7 @@ impl Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
         let api_socket = dir.path().join("api.sock");
         let mut cmd = match net {
-            Some(net) => {
-                let mut cmd = Command::new("/usr/sbin/ip");
-                cmd.args(["netns", "exec", net.host_netns]).arg(vmm_bin());
-                cmd
-            }
+            Some(net) => net.lab.host_command(&vmm_bin()),
             None => Command::new(vmm_bin()),
         };
         let jail = match backend {

@@ -33,8 +33,13 @@ pub fn sandboxes_with_rules() -> Result<Vec<Ipv4Addr>, HostNetError> {
 pub fn release(address: Ipv4Addr, delete_link: bool) -> Result<(), HostNetError> {
     let name = link_name(address);
     if delete_link && link_exists(&name) {
-        // The host end of a veth outlives its vmm; a TAP goes with it anyway.
-        super::command::ip_batch(&format!("link del {name}\n"), &format!("delete {name}"))?;
+        // The host end of a veth outlives its vmm (a TAP goes with it); it also goes when
+        // the namespace of its other end does, maybe just now.
+        let deleted =
+            super::command::ip_batch(&format!("link del {name}\n"), &format!("delete {name}"));
+        if let (Err(e), true) = (deleted, link_exists(&name)) {
+            return Err(e);
+        }
     }
     if nft(&ruleset::release(address), "release the sandbox's rules").is_ok() {
         return Ok(());
