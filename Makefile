@@ -22,8 +22,10 @@ AGENT_BIN := $(CURDIR)/target/$(AGENT_TARGET)/release/vmm-agent
 AGENT ?= $(AGENT_BIN)
 # Debian packages the tests and benchmarks use (the image scripts install their own;
 # cpio and kmod build the emulated KVM host's initramfs; python3-venv holds the stock
-# Python gRPC client of the tests, from mk/python-grpcio.sh).
-TEST_PACKAGES := gcc qemu-system-x86 qemu-utils e2fsprogs protobuf-compiler cpio kmod python3-venv
+# Python gRPC client of the tests, from mk/python-grpcio.sh; iproute2 and nftables are
+# the host side of --net auto, socat the network benchmark's sender).
+TEST_PACKAGES := gcc qemu-system-x86 qemu-utils e2fsprogs protobuf-compiler cpio kmod python3-venv \
+	iproute2 nftables socat
 
 include mk/images.mk
 

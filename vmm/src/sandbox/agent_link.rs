@@ -125,8 +125,14 @@ async fn configure_network(supervisor: &Supervisor) -> Result<(), String> {
             );
             Ok(())
         }
+        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Err(
+            "the guest's agent predates --net auto (it has no ConfigureNetwork): \
+             rebuild the image with this agent"
+                .into(),
+        ),
         Ok(Err(status)) => Err(format!(
-            "the agent could not configure the network: {}",
+            "the agent could not configure the network: {:?}: {}",
+            status.code(),
             status.message()
         )),
         Err(_) => Err("the agent did not configure the network in time".into()),
