@@ -9,7 +9,7 @@
 #   make test-tier3 only the tier-3 tests
 #   make bench      start-up/RSS and Linux boot against QEMU microvm, virtio-blk against
 #                   pread/pwrite, virtio-net tx against write(2) to a TAP, sandbox exec
-#                   and streams
+#                   and streams, TCP out of a sandbox (--net auto) against a veth
 #   make demo       the loop-mount example in a real VM (inside the emulated KVM host
 #                   where Linux cannot boot directly; it says which)
 #   make demo-jail  the same example in the test jail
@@ -76,10 +76,12 @@ bench: deps agent kernel rootfs
 	@if target/release/vmm doctor --json | grep -q '"linux_guests_boot":true'; then \
 		VMM_BIN=$(CURDIR)/target/release/vmm target/release/boot_bench; \
 		VMM_BIN=$(CURDIR)/target/release/vmm target/release/snapshot_bench --linux; \
+		VMM_BIN=$(CURDIR)/target/release/vmm target/release/net_bench; \
 	else \
 		echo "== Linux boot bench: in the emulated KVM host (Linux cannot boot directly here) =="; \
 		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/boot_bench; \
 		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/snapshot_bench --linux; \
+		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/net_bench; \
 	fi
 
 # The seed's loop-mount example in a real VM: directly where Linux boots, else inside

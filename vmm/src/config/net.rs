@@ -380,5 +380,11 @@ mod tests {
         };
         let e = build(None, allow).unwrap_err().to_string();
         assert!(e.contains("10.0.0.0/33"), "{e}");
+        let v6 = NetFlags {
+            allow: vec!["2001:db8::/32".into()],
+            ..flags(Some("auto"))
+        };
+        let e = build(None, v6).unwrap_err().to_string();
+        assert!(e.contains("2001:db8::/32") && e.contains("IPv4 only"), "{e}");
     }
 }
