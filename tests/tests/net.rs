@@ -118,9 +118,13 @@ fn a_missing_tap_or_a_bad_net_flag_is_a_setup_error_naming_it() {
         .flag("--net", "tap=tap0,mac=01:00:00:00:00:01")
         .run();
     out.assert_code(1).assert_stderr_mentions("multicast");
-    let out = Vmm::guest(TINY_ELF, "net")
+    // --net auto where `vmm net setup` never ran: nothing to attach to, and it says so.
+    let out = ns
+        .guest("net")
         .flag("--net", "auto")
         .flag("--allow", "10.0.0.0/8")
         .run();
-    out.assert_code(1).assert_stderr_mentions("not built yet");
+    out.assert_code(1)
+        .assert_stderr_mentions("no bridge vmmbr0")
+        .assert_stderr_mentions("run `vmm net setup`");
 }

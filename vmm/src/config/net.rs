@@ -385,6 +385,9 @@ mod tests {
             ..flags(Some("auto"))
         };
         let e = build(None, v6).unwrap_err().to_string();
-        assert!(e.contains("2001:db8::/32") && e.contains("IPv4 only"), "{e}");
+        assert!(
+            e.contains("2001:db8::/32") && e.contains("IPv4 only"),
+            "{e}"
+        );
     }
 }
