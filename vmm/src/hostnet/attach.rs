@@ -170,13 +170,17 @@ fn claim_address(
     request: &LinkRequest,
     mac: [u8; 6],
 ) -> Result<(Ipv4Addr, SandboxLink), HostNetError> {
-    let hosts: Vec<Ipv4Addr> = host
-        .subnet
-        .hosts()
-        .filter(|&a| a != host.gateway && !taken.contains(&a))
-        .collect();
-    let start = random_index(hosts.len());
-    for &address in hosts.iter().cycle().skip(start).take(hosts.len()) {
+    // The subnet's host addresses, from network + 1 to broadcast - 1, without a list of
+    // them (a /8 has millions): a random start, then every one in turn.
+    let first = u32::from(host.subnet.network()) + 1;
+    let count = (1u64 << (32 - host.subnet.prefix_len())).saturating_sub(2);
+    let taken: std::collections::HashSet<Ipv4Addr> = taken.iter().copied().collect();
+    let start = random_below(count);
+    for i in 0..count {
+        let address = Ipv4Addr::from(first + ((start + i) % count) as u32);
+        if address == host.gateway || taken.contains(&address) {
+            continue;
+        }
         let name = link_name(address);
         if link_exists(&name) {
             continue;
@@ -197,7 +201,7 @@ fn claim_address(
                 }
             },
             LinkRequest::Veth { netns } => {
-                let mac = mac.map(|b| format!("{b:02x}")).join(":");
+                let mac = super::mac_text(mac);
                 let made = ip_batch(
                     &format!(
                         "link add {name} mtu {mtu} type veth peer name eth0 mtu {mtu} address {mac} netns {ns}\n",
@@ -218,11 +222,13 @@ fn claim_address(
     Err(HostNetError::Full(host.subnet))
 }
 
-fn random_index(len: usize) -> usize {
+/// A random number below `n` (0 when n is 0).
+fn random_below(n: u64) -> u64 {
     let mut bytes = [0u8; 8];
-    // SAFETY: getrandom writes at most `len` bytes into the buffer we own.
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own. A
+    // failure leaves zeroes: the search then starts at the first address, still correct.
     unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    (u64::from_ne_bytes(bytes) % len.max(1) as u64) as usize
+    u64::from_ne_bytes(bytes) % n.max(1)
 }
 
 /// UDP and TCP on the same free port of the gateway address.

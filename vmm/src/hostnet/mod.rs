@@ -51,6 +51,11 @@ impl HostNetError {
     }
 }
 
+/// "02:00:0a:c8:03:04", as ip, nft and the agent write a MAC.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// True when a network interface of this name exists in our network namespace.
 pub fn link_exists(name: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(name) else {

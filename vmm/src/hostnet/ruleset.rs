@@ -68,10 +68,6 @@ pub fn address_of_chain(name: &str) -> Option<Ipv4Addr> {
     address_of_link(&format!("vmt{}", name.strip_prefix("sb-")?))
 }
 
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
-}
-
 /// Creates the tables, maps and base chains, and (re)writes the base chains' rules:
 /// idempotent, and it keeps every running sandbox's map entries and chains.
 pub fn setup(host: &HostSide) -> String {
@@ -144,7 +140,7 @@ add rule bridge vmm port-{t} ether type ip ip saddr {ip} accept
 add rule bridge vmm port-{t} drop
 add element bridge vmm ports {{ \"{link}\" : jump port-{t} }}",
         port = sb.dns_port,
-        mac = mac_text(sb.mac),
+        mac = super::mac_text(sb.mac),
     );
     s
 }
