@@ -149,6 +149,19 @@ impl Client {
             exec_id: exec_id.to_string(),
             stdout_offset,
             stderr_offset,
+            ..Default::default()
+        })])
+        .await
+    }
+
+    /// The output of exec `exec_id` from the oldest byte still kept: up to now, or
+    /// (`follow`) until it exits.
+    pub async fn logs(&self, exec_id: &str, follow: bool) -> Result<ExecSession, ClientError> {
+        self.open(vec![exec_request::Request::Attach(Attach {
+            exec_id: exec_id.to_string(),
+            from_oldest: true,
+            no_follow: !follow,
+            ..Default::default()
         })])
         .await
     }

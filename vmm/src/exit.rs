@@ -22,6 +22,9 @@ pub enum ExitReason {
     Terminated,
     /// The sandbox's lifetime ran out and it was terminated.
     LifetimeExpired,
+    /// The sandbox's entrypoint ended with this status (its code, 128 + a signal, or
+    /// 126/127 when it could not start), and the sandbox with it.
+    Entrypoint(i32),
     TripleFault {
         cpu: u8,
     },
@@ -43,6 +46,8 @@ impl ExitReason {
         match self {
             Self::Reset | Self::PowerOff | Self::Terminated => EXIT_OK,
             Self::LifetimeExpired => EXIT_LIFETIME_EXPIRED,
+            // As `docker run`: the exit status is the main process's.
+            Self::Entrypoint(code) => *code,
             Self::Signal(n) => 128 + n,
             Self::TripleFault { .. }
             | Self::InternalError { .. }
@@ -61,6 +66,7 @@ impl std::fmt::Display for ExitReason {
             Self::Signal(n) => write!(f, "stopped by signal {n}"),
             Self::Terminated => write!(f, "sandbox terminated"),
             Self::LifetimeExpired => write!(f, "sandbox lifetime expired"),
+            Self::Entrypoint(code) => write!(f, "the entrypoint exited with {code}"),
             Self::TripleFault { cpu } => write!(f, "guest triple fault on vCPU {cpu}"),
             Self::InternalError { cpu, details } => {
                 write!(f, "KVM internal error on vCPU {cpu}: {details}")
@@ -90,5 +96,6 @@ mod tests {
         assert_eq!(ExitReason::GuestPanic("x".into()).exit_code(), 2);
         assert_eq!(ExitReason::Terminated.exit_code(), 0);
         assert_eq!(ExitReason::LifetimeExpired.exit_code(), 3);
+        assert_eq!(ExitReason::Entrypoint(7).exit_code(), 7);
     }
 }

@@ -36,7 +36,10 @@ enum Command {
     /// Exit status: 0 when the guest resets or powers off; 1 when the VM cannot be set up
     /// (bad config, missing files, no KVM); 2 when the guest crashes (triple fault, KVM
     /// internal error, kernel panic); 128+N when stopped by signal N (disks are flushed);
-    /// 159 when SIGSYS killed it (a thread made a syscall outside its seccomp filter).
+    /// 159 when SIGSYS killed it (a thread made a syscall outside its seccomp filter);
+    /// with an entrypoint (and no --keep-running), the entrypoint's exit status when it
+    /// ended the sandbox (128+N for signal N; 127/126 when it could not start), as
+    /// `docker run` does.
     Run(Box<RunArgs>),
     /// Report what this host can run: KVM, virtualization kind, measured guest speed, and
     /// whether Linux guests can boot here.
@@ -49,7 +52,8 @@ enum Command {
     /// (the test jail), without a VM.
     ///
     /// Exit status: 0 when terminated through the API, 3 when the lifetime ran out,
-    /// 128+N when stopped by signal N.
+    /// 128+N when stopped by signal N; the entrypoint's exit status when it ended the
+    /// sandbox.
     Supervise(SuperviseArgs),
     /// Run a command in a sandbox: stdin is forwarded, stdout/stderr are ours, and the
     /// exit status is the command's (128+N if a signal N killed it; 125 if the sandbox
@@ -67,6 +71,16 @@ enum Command {
         api: ApiArg,
         from: String,
         to: String,
+    },
+    /// Print the output of the sandbox's entrypoint (stdout to stdout, stderr to stderr)
+    /// from the oldest byte kept (the last 4 MiB of each): what there is now, or with
+    /// --follow until it exits. Exit status 0; 125 when there is no entrypoint.
+    Logs {
+        #[command(flatten)]
+        api: ApiArg,
+        /// Keep printing until the entrypoint exits.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Print the sandbox state and its processes.
     Status {
@@ -201,8 +215,14 @@ struct SuperviseArgs {
         requires = "net_ns"
     )]
     publish: Vec<String>,
+    /// With an entrypoint: the sandbox keeps running after it exits.
+    #[arg(long, requires = "entrypoint")]
+    keep_running: bool,
     #[command(flatten)]
     security: SecurityArgs,
+    /// The sandbox's entrypoint (after `--`), as for `vmm run`.
+    #[arg(last = true, value_name = "CMD")]
+    entrypoint: Vec<String>,
 }
 
 /// How the vmm confines itself once set up (README: "Threat model").
@@ -261,7 +281,8 @@ fn parse_env(value: &str) -> Result<(String, String), String> {
 #[derive(Args)]
 struct RunArgs {
     /// TOML config file; flags override its values. Keys: kernel, initrd, rootfs,
-    /// overlay, cpus, memory_mib, append, init, [[drives]] (path, read_only, id, overlay),
+    /// overlay, cpus, memory_mib, append, init, entrypoint (a list), keep_running,
+    /// [[drives]] (path, read_only, id, overlay),
     /// [api] (socket, lifetime_secs), [vsock] (uds_path, guest_cid), [net] (mode =
     /// "auto"|"tap"|"none", tap, mac, block_network, allow, publish).
     #[arg(long, value_name = "FILE")]
@@ -342,8 +363,16 @@ struct RunArgs {
     /// file, kernel, disks, sockets, /dev/kvm) is then inside DIR. Needs CAP_SYS_CHROOT.
     #[arg(long, value_name = "DIR")]
     chroot: Option<PathBuf>,
+    /// With an entrypoint: the sandbox keeps running after it exits (default: the
+    /// sandbox ends with it, and vmm exits with its exit status).
+    #[arg(long)]
+    keep_running: bool,
     #[command(flatten)]
     security: SecurityArgs,
+    /// The sandbox's entrypoint (after `--`; needs --api-sock): the agent starts it once
+    /// the sandbox is ready, as the exec "entrypoint"; `vmm logs` shows its output.
+    #[arg(last = true, value_name = "CMD")]
+    entrypoint: Vec<String>,
 }
 
 fn parse_drive(value: &str) -> Result<DriveSpec, String> {
@@ -380,6 +409,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             allow: args.allow,
             publish: args.publish,
         },
+        entrypoint: args.entrypoint,
+        keep_running: args.keep_running,
     };
     let config = VmConfig::build(file, overrides)?;
     if args.chroot.is_some()
@@ -430,6 +461,11 @@ where
 }
 
 fn supervise(args: SuperviseArgs) -> anyhow::Result<i32> {
+    let entrypoint = vmm::config::check_entrypoint(
+        (!args.entrypoint.is_empty()).then_some(args.entrypoint),
+        args.keep_running,
+        true,
+    )?;
     let spec = vmm::config::net::build(
         None,
         vmm::config::NetFlags {
@@ -461,6 +497,7 @@ fn supervise(args: SuperviseArgs) -> anyhow::Result<i32> {
         seccomp,
         drives: None,
         network,
+        entrypoint,
     };
     let reason = vmm::sandbox::supervise(options)?;
     log::info!("{reason}");
@@ -542,6 +579,9 @@ fn main() -> ExitCode {
                 cli::cp::Location::parse(&to),
             );
             cli::cp::copy(&c, &from, &to).await.map(|_| EXIT_OK)
+        }),
+        Command::Logs { api, follow } => client_command(&api.api_sock, |c| async move {
+            cli::logs::print(&c, follow).await
         }),
         Command::Status { api } => client_command(&api.api_sock, |c| async move {
             let s = c.status().await?;

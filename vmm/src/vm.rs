@@ -236,6 +236,7 @@ fn start_supervisor(
         seccomp: seccomp.clone(),
         drives: Some(drives),
         network,
+        entrypoint: api.entrypoint.clone(),
     };
     let exit = std::sync::Mutex::new(exit_tx.clone());
     Ok(crate::sandbox::spawn(

@@ -3,6 +3,7 @@
 pub mod cp;
 pub mod exec;
 pub mod image;
+pub mod logs;
 pub mod net;
 
 use std::path::Path;

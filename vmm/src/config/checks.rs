@@ -143,3 +143,29 @@ pub fn host_memory_mib() -> u64 {
     }
     (pages as u64 * page_size as u64) >> 20
 }
+
+/// The entrypoint: a non-empty argv, and only with the API (the agent starts it).
+pub fn entrypoint(
+    argv: Option<Vec<String>>,
+    keep_running: bool,
+    has_api: bool,
+) -> Result<Option<crate::sandbox::entrypoint::Entrypoint>, ConfigError> {
+    let Some(argv) = argv else {
+        return match keep_running {
+            true => Err(ConfigError::Entrypoint("keep_running needs an entrypoint")),
+            false => Ok(None),
+        };
+    };
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(ConfigError::Entrypoint("the command is empty"));
+    }
+    if !has_api {
+        return Err(ConfigError::Entrypoint(
+            "the guest agent starts it: add --api-sock (or [api] socket)",
+        ));
+    }
+    Ok(Some(crate::sandbox::entrypoint::Entrypoint {
+        argv,
+        keep_running,
+    }))
+}

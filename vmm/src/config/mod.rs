@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use checks::entrypoint as check_entrypoint;
 pub use checks::host_memory_mib;
 use checks::{check_file, check_kernel, check_socket_dir};
 pub use net::{Egress, NetBackend, NetFlags, NetSection, NetSpec, Publish};
@@ -47,6 +48,11 @@ pub struct FileConfig {
     pub api: Option<ApiSection>,
     pub vsock: Option<VsockSection>,
     pub net: Option<NetSection>,
+    /// The sandbox's main process (needs the API): started once the sandbox is ready.
+    pub entrypoint: Option<Vec<String>>,
+    /// The sandbox outlives its entrypoint (default: it ends with it).
+    #[serde(default)]
+    pub keep_running: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
@@ -86,6 +92,7 @@ pub struct ApiSpec {
     pub socket: PathBuf,
     pub lifetime: Option<std::time::Duration>,
     pub ready_fd: Option<i32>,
+    pub entrypoint: Option<crate::sandbox::entrypoint::Entrypoint>,
 }
 
 /// First CID a guest may have (0-2 are reserved: hypervisor, loopback, host).
@@ -143,6 +150,9 @@ pub struct Overrides {
     pub lifetime_secs: Option<u64>,
     pub ready_fd: Option<i32>,
     pub net: NetFlags,
+    /// The command after `--` (replaces the file's `entrypoint`).
+    pub entrypoint: Vec<String>,
+    pub keep_running: bool,
 }
 
 /// A validated configuration: every file exists and every size is possible.
@@ -167,6 +177,8 @@ pub struct VmConfig {
 pub enum ConfigError {
     #[error("network: {0}")]
     Net(String),
+    #[error("entrypoint: {0}")]
+    Entrypoint(&'static str),
     #[error("cannot read config file {path}: {source}")]
     ReadFile {
         path: PathBuf,
@@ -382,10 +394,19 @@ impl VmConfig {
                     socket,
                     lifetime,
                     ready_fd: flags.ready_fd,
+                    entrypoint: None,
                 })
             }
             None => None,
         };
+        let entrypoint = checks::entrypoint(
+            (!flags.entrypoint.is_empty())
+                .then_some(flags.entrypoint)
+                .or(file.entrypoint),
+            flags.keep_running || file.keep_running,
+            api.is_some(),
+        )?;
+        let api = api.map(|a| ApiSpec { entrypoint, ..a });
         let vsock_section = file.vsock.unwrap_or_default();
         let uds = flags.vsock_uds.or(vsock_section.uds_path).or_else(|| {
             // The API needs the agent, which is reached over vsock.

@@ -297,3 +297,36 @@ fn duplicate_and_long_ids_are_refused() {
     };
     assert!(VmConfig::build(FileConfig::default(), flags).is_err());
 }
+
+#[test]
+fn an_entrypoint_comes_from_the_file_or_after_dashes_and_needs_the_api() {
+    let f = Fixture::new();
+    let toml =
+        "kernel = \"vmlinux\"\nentrypoint = [\"dockerd\", \"-D\"]\n[api]\nsocket = \"api.sock\"\n";
+    let c = VmConfig::build(f.file(toml).unwrap(), Overrides::default()).unwrap();
+    let entrypoint = c.api.unwrap().entrypoint.unwrap();
+    assert_eq!(entrypoint.argv, ["dockerd", "-D"]);
+    assert!(!entrypoint.keep_running);
+    // The command after `--` replaces the file's; --keep-running adds to it.
+    let flags = Overrides {
+        entrypoint: vec!["sleep".into(), "1".into()],
+        keep_running: true,
+        ..Default::default()
+    };
+    let c = VmConfig::build(f.file(toml).unwrap(), flags).unwrap();
+    let entrypoint = c.api.unwrap().entrypoint.unwrap();
+    assert_eq!(
+        (entrypoint.argv, entrypoint.keep_running),
+        (vec!["sleep".into(), "1".into()], true)
+    );
+    // Without the API, or empty, or keep_running alone: errors that say so.
+    let e = |toml: &str| {
+        VmConfig::build(f.file(toml).unwrap(), Overrides::default())
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(e("kernel = \"vmlinux\"\nentrypoint = [\"x\"]\n").contains("--api-sock"));
+    let with_api = "kernel = \"vmlinux\"\n[api]\nsocket = \"api.sock\"\n";
+    assert!(e(&format!("entrypoint = []\n{with_api}")).contains("empty"));
+    assert!(e(&format!("keep_running = true\n{with_api}")).contains("needs an entrypoint"));
+}

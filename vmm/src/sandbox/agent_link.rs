@@ -71,6 +71,10 @@ pub async fn watch(supervisor: Arc<Supervisor>) {
                 supervisor.set_health(State::Ready, String::new());
                 if !announced {
                     announced = true;
+                    // Started before the readiness line, so that clients find it.
+                    if let Some(entrypoint) = &supervisor.options.entrypoint {
+                        super::entrypoint::start(&supervisor, entrypoint).await;
+                    }
                     announce_ready(&supervisor);
                 }
                 None

@@ -18,6 +18,8 @@ use super::output::{Budget, OutputError, OutputLog};
 /// Bytes kept for re-attach after delivery, per stream (the sandbox's budget may evict
 /// them sooner).
 const RETAIN: u64 = 16 << 20;
+/// Bytes an unpaced exec (the entrypoint) keeps per stream, read or not.
+const RING_RETAIN: u64 = 4 << 20;
 /// Largest output message sent to a client.
 const CHUNK: usize = 256 << 10;
 
@@ -43,20 +45,27 @@ pub struct Exec {
 }
 
 impl Exec {
+    /// `ring`: its output is kept as a ring of the last RING_RETAIN bytes per stream and
+    /// never waits for a reader (the entrypoint); otherwise readers pace the process.
     pub fn new(
         id: String,
         argv: Vec<String>,
         pid: u32,
         input: mpsc::Sender<ExecInput>,
         budget: &Arc<Budget>,
+        ring: bool,
     ) -> Self {
+        let log = || match ring {
+            true => OutputLog::ring(RING_RETAIN, budget.clone()),
+            false => OutputLog::new(RETAIN, budget.clone()),
+        };
         Self {
             id,
             argv,
             state: Mutex::new(ExecState {
                 pid,
-                stdout: OutputLog::new(RETAIN, budget.clone()),
-                stderr: OutputLog::new(RETAIN, budget.clone()),
+                stdout: log(),
+                stderr: log(),
                 exited: None,
                 error: None,
                 finished_at: None,
@@ -69,6 +78,24 @@ impl Exec {
     /// Neither exited nor lost.
     pub fn is_running(&self) -> bool {
         lock(&self.state).finished_at.is_none()
+    }
+
+    /// Waits for the process to end: its exit status as a shell reports it, or None when
+    /// its fate is unknown (the agent connection broke).
+    pub async fn wait_exit(&self) -> Option<i32> {
+        let mut changes = self.changed.subscribe();
+        loop {
+            {
+                let st = lock(&self.state);
+                if let Some(exited) = &st.exited {
+                    return Some(super::entrypoint::status_code(exited.status));
+                }
+                if st.error.is_some() {
+                    return None;
+                }
+            }
+            changes.changed().await.ok()?;
+        }
     }
 
     fn notify(&self) {
@@ -184,13 +211,21 @@ const EVENT_QUEUE: usize = 4;
 
 pub type EventStream = ReceiverStream<Result<ExecEvent, Status>>;
 
+/// Where an attachment starts reading.
+#[derive(Debug, Clone, Copy)]
+pub enum Offsets {
+    At(u64, u64),
+    /// The oldest bytes still retained (a ring may have dropped the start).
+    Oldest,
+}
+
 /// Attaches one client: returns its event stream, which starts with `started` (already
 /// queued, so it leaves with the response headers), then output from the given offsets,
 /// then the exit.
 pub fn attach(
     exec: Arc<Exec>,
-    stdout_at: u64,
-    stderr_at: u64,
+    from: Offsets,
+    follow: bool,
     supervisor: Arc<super::Supervisor>,
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
@@ -203,12 +238,24 @@ pub fn attach(
         event: Some(started),
     }));
     let running = exec.is_running();
+    let (stdout_at, stderr_at) = match from {
+        Offsets::At(out, err) => (out, err),
+        Offsets::Oldest => {
+            let st = lock(&exec.state);
+            (st.stdout.oldest(), st.stderr.oldest())
+        }
+    };
+    // Without follow, the stream ends at the output's end as of now.
+    let until = (!follow).then(|| {
+        let st = lock(&exec.state);
+        (st.stdout.end(), st.stderr.end(), st.finished_at.is_some())
+    });
     tokio::spawn(async move {
         // A lost agent ends a running exec's client stream (UNAVAILABLE); the process stays
         // in the table, and its output, if it comes, can be re-attached to. A finished
         // exec's output is all here and needs no agent.
         tokio::select! {
-            () = stream_output(exec, stdout_at, stderr_at, tx.clone()) => {}
+            () = stream_output(exec, stdout_at, stderr_at, until, tx.clone()) => {}
             status = supervisor.agent_lost(), if running => {
                 let _ = tx.send(Err(status)).await;
             }
@@ -223,15 +270,27 @@ async fn stream_output(
     exec: Arc<Exec>,
     mut stdout_at: u64,
     mut stderr_at: u64,
+    until: Option<(u64, u64, bool)>,
     to_client: mpsc::Sender<Result<ExecEvent, Status>>,
 ) {
     let mut changes = exec.changed.subscribe();
+    let (out_end, err_end) = until.map_or((u64::MAX, u64::MAX), |(o, e, _)| (o, e));
     loop {
         changes.borrow_and_update();
+        if until.is_some_and(|(_, _, finished)| !finished)
+            && stdout_at >= out_end
+            && stderr_at >= err_end
+        {
+            // Caught up with "now", and the process had not ended then.
+            return;
+        }
         let (out, err, end) = {
             let mut st = lock(&exec.state);
-            let out = st.stdout.read(stdout_at, CHUNK);
-            let err = st.stderr.read(stderr_at, CHUNK);
+            stdout_at = st.stdout.resume_at(stdout_at);
+            stderr_at = st.stderr.resume_at(stderr_at);
+            let room = |at: u64, end: u64| CHUNK.min(end.saturating_sub(at) as usize);
+            let out = st.stdout.read(stdout_at, room(stdout_at, out_end));
+            let err = st.stderr.read(stderr_at, room(stderr_at, err_end));
             let end = match (&st.exited, &st.error) {
                 (Some(e), _) => Some(Ok(*e)),
                 (None, Some(msg)) => Some(Err(msg.clone())),
@@ -313,7 +372,14 @@ mod tests {
         let now = std::time::Instant::now();
         let add = |execs: &mut std::collections::HashMap<_, _>, i: usize, finished: bool| {
             let (tx, _) = mpsc::channel(1);
-            let e = Arc::new(Exec::new(format!("e{i}"), vec![], 1, tx, &Arc::default()));
+            let e = Arc::new(Exec::new(
+                format!("e{i}"),
+                vec![],
+                1,
+                tx,
+                &Arc::default(),
+                false,
+            ));
             if finished {
                 lock(&e.state).finished_at = Some(now + std::time::Duration::from_millis(i as u64));
             }

@@ -196,6 +196,7 @@ mod tests {
                 1,
                 input.clone(),
                 &table.budget,
+                false,
             ));
             table.reserve(format!("r{i}")).unwrap().register(exec);
         }

@@ -4,12 +4,14 @@
 //! the `on_end` callback.
 
 mod agent_link;
+pub mod entrypoint;
 mod exec;
 mod exec_id;
 mod output;
 mod server;
 mod service;
 mod snapshot;
+mod start;
 mod thread_report;
 
 use std::path::PathBuf;
@@ -43,6 +45,8 @@ pub enum EndCause {
     LifetimeExpired,
     /// The supervisor could not confine itself (its seccomp filter), so it never served.
     Unconfined,
+    /// The entrypoint ended with this exit status (or could not start: 126/127).
+    Entrypoint(i32),
 }
 
 pub struct Options {
@@ -60,6 +64,8 @@ pub struct Options {
     pub drives: Option<Arc<dyn DriveSnapshots>>,
     /// With --net auto: what the agent configures before the sandbox is ready.
     pub network: Option<crate::hostnet::attach::GuestNetwork>,
+    /// The sandbox's main process, started once it is ready.
+    pub entrypoint: Option<entrypoint::Entrypoint>,
 }
 
 /// Default time the guest gets to sync and power off on Terminate.
@@ -256,6 +262,7 @@ impl EndCause {
             Self::Unconfined => crate::exit::ExitReason::Vmm(
                 "the supervisor could not install its seccomp filter".into(),
             ),
+            Self::Entrypoint(code) => crate::exit::ExitReason::Entrypoint(code),
         }
     }
 }

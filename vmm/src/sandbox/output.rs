@@ -88,6 +88,9 @@ pub struct OutputLog {
     delivered: u64,
     retain: u64,
     producing: bool,
+    /// A ring: the producer never waits, and the oldest bytes go beyond `retain`,
+    /// delivered or not (an entrypoint's output, which nobody may read).
+    ring: bool,
     budget: Arc<Budget>,
 }
 
@@ -102,8 +105,19 @@ impl OutputLog {
             delivered: 0,
             retain,
             producing: true,
+            ring: false,
             budget,
         }
+    }
+
+    /// A log that keeps the last `retain` bytes and never holds its producer back.
+    pub fn ring(retain: u64, budget: Arc<Budget>) -> Self {
+        let mut log = Self::new(retain, budget);
+        // It takes no share of the undelivered window.
+        log.finish();
+        log.producing = false;
+        log.ring = true;
+        log
     }
 
     /// Offset one past the last byte.
@@ -115,10 +129,20 @@ impl OutputLog {
         self.start
     }
 
+    /// Where a reader at `offset` resumes: a ring's reader that fell behind skips what
+    /// was dropped (the gap shows in the offsets); other logs never skip.
+    pub fn resume_at(&self, offset: u64) -> u64 {
+        if self.ring {
+            offset.max(self.start)
+        } else {
+            offset
+        }
+    }
+
     /// The producer may append while fewer than the budget's window of bytes await
     /// delivery.
     pub fn has_room(&self) -> bool {
-        self.end() - self.delivered < self.budget.window()
+        self.ring || self.end() - self.delivered < self.budget.window()
     }
 
     /// Nothing more will be pushed: the stream no longer takes a share of the window.
@@ -149,6 +173,12 @@ impl OutputLog {
         } else {
             self.chunks.push_back(data);
             self.account_add(n + CHUNK_OVERHEAD);
+        }
+        if self.ring {
+            // Undelivered or not: a reader that falls this far behind resumes at
+            // `oldest()`.
+            self.delivered = self.delivered.max(self.end().saturating_sub(self.retain));
+            self.trim(self.retain);
         }
     }
 
@@ -224,6 +254,27 @@ impl Drop for OutputLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ring_never_holds_its_producer_and_keeps_the_last_bytes() {
+        let budget = Arc::new(Budget::default());
+        let mut log = OutputLog::ring(4 * COALESCE_BELOW as u64, budget.clone());
+        for i in 0..100u8 {
+            assert!(log.has_room());
+            log.push(Bytes::from(vec![i; COALESCE_BELOW]));
+        }
+        let n = COALESCE_BELOW as u64;
+        assert_eq!(log.end(), 100 * n);
+        assert_eq!(log.oldest(), 96 * n);
+        assert_eq!(budget.held(), 4 * (n + CHUNK_OVERHEAD));
+        assert!(matches!(log.read(0, 1), Err(OutputError::Dropped { .. })));
+        assert_eq!(log.read(99 * n, 2).unwrap(), &[99u8, 99][..]);
+        // It takes no share of the other streams' window.
+        let other = OutputLog::new(1 << 20, budget.clone());
+        assert_eq!(budget.producing.load(Ordering::Relaxed), 1);
+        drop((log, other));
+        assert_eq!(budget.held(), 0);
+    }
 
     #[test]
     fn reads_resume_at_any_retained_offset() {

@@ -8,25 +8,21 @@ use std::time::Duration;
 use agent::api::sandbox_server::Sandbox;
 use agent::api::{
     exec_request, status_response::State, Attach, ExecEvent, ExecInfo, ExecRequest,
-    SnapshotRequest, SnapshotResponse, StartExec, StatusRequest, StatusResponse, TerminateRequest,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TerminateRequest,
     TerminateResponse,
 };
-use agent::pb::{self, exec_input, exec_output, ExecInput};
+use agent::pb::{self, exec_input, ExecInput};
 use devices::bus::lock;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::exec::{attach, pump, Exec};
-use super::exec_id;
+use super::exec::{attach, Exec, Offsets};
 use super::{EndCause, Supervisor, DEFAULT_GRACE};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, Status>> + Send>>;
 type FileStream = Pin<Box<dyn Stream<Item = Result<pb::ReadFileResponse, Status>> + Send>>;
-
-/// Client messages buffered toward the agent per exec.
-const INPUT_QUEUE: usize = 16;
 
 pub struct SandboxService {
     supervisor: Arc<Supervisor>,
@@ -40,61 +36,7 @@ impl SandboxService {
     /// The agent client for a new call: none while terminating; a lost agent is caught
     /// by `unless_agent_lost` around the call.
     fn agent(&self) -> Result<pb::agent_client::AgentClient<tonic::transport::Channel>, Status> {
-        if self.supervisor.terminating.load(Ordering::SeqCst) {
-            return Err(Status::failed_precondition("the sandbox is terminating"));
-        }
-        Ok(self.supervisor.agent.clone())
-    }
-
-    async fn start(&self, start: StartExec) -> Result<Arc<Exec>, Status> {
-        let process = start
-            .process
-            .ok_or_else(|| Status::invalid_argument("start.process is missing"))?;
-        if process.argv.is_empty() {
-            return Err(Status::invalid_argument("start.process.argv is empty"));
-        }
-        let table = &self.supervisor.execs;
-        // Held from here until the exec is in the table: a second start with the same id
-        // fails now, not after both processes ran.
-        let reservation = if start.exec_id.is_empty() {
-            table.reserve_generated(|| self.supervisor.next_exec.fetch_add(1, Ordering::SeqCst))?
-        } else {
-            exec_id::validate(&start.exec_id)?;
-            table.reserve(start.exec_id)?
-        };
-        let argv = summarize_argv(&process.argv);
-        let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
-        input_tx
-            .send(ExecInput {
-                input: Some(exec_input::Input::Start(process)),
-            })
-            .await
-            .map_err(|_| Status::internal("exec input closed"))?;
-        let mut agent = self.agent()?;
-        let started = async {
-            let mut outputs = agent
-                .exec(ReceiverStream::new(input_rx))
-                .await?
-                .into_inner();
-            let first = outputs.message().await?;
-            Ok((outputs, first))
-        };
-        let (outputs, first) = self.supervisor.unless_agent_lost(started).await?;
-        let pid = match first {
-            Some(pb::ExecOutput {
-                output: Some(exec_output::Output::Started(s)),
-            }) => s.pid,
-            _ => {
-                return Err(Status::internal(
-                    "the agent did not report the process start",
-                ))
-            }
-        };
-        let id = reservation.id().to_string();
-        let exec = Arc::new(Exec::new(id, argv, pid, input_tx, &table.budget));
-        reservation.register(exec.clone());
-        tokio::spawn(pump(exec.clone(), outputs, table.clone()));
-        Ok(exec)
+        self.supervisor.agent_for_call()
     }
 
     fn find_attach(&self, a: &Attach) -> Result<Arc<Exec>, Status> {
@@ -102,8 +44,10 @@ impl SandboxService {
             .supervisor
             .exec(&a.exec_id)
             .ok_or_else(|| Status::not_found(format!("no exec with id {:?}", a.exec_id)))?;
-        exec.check_offsets(a.stdout_offset, a.stderr_offset)
-            .map_err(|e| Status::out_of_range(e.to_string()))?;
+        if !a.from_oldest {
+            exec.check_offsets(a.stdout_offset, a.stderr_offset)
+                .map_err(|e| Status::out_of_range(e.to_string()))?;
+        }
         Ok(exec)
     }
 }
@@ -252,11 +196,19 @@ impl Sandbox for SandboxService {
             .await?
             .and_then(|r| r.request)
             .ok_or_else(|| Status::invalid_argument("the first message must be start or attach"))?;
-        let (exec, stdout_at, stderr_at) = match first {
-            exec_request::Request::Start(start) => (self.start(start).await?, 0, 0),
+        let (exec, from, follow) = match first {
+            exec_request::Request::Start(start) => (
+                self.supervisor.start_exec(start, false).await?,
+                Offsets::At(0, 0),
+                true,
+            ),
             exec_request::Request::Attach(a) => {
                 let exec = self.find_attach(&a)?;
-                (exec, a.stdout_offset, a.stderr_offset)
+                let from = match a.from_oldest {
+                    true => Offsets::Oldest,
+                    false => Offsets::At(a.stdout_offset, a.stderr_offset),
+                };
+                (exec, from, !a.no_follow)
             }
             _ => {
                 return Err(Status::invalid_argument(
@@ -266,7 +218,7 @@ impl Sandbox for SandboxService {
         };
         let (errors, input_errors) = mpsc::channel(1);
         tokio::spawn(forward_input(from_client, exec.clone(), errors));
-        let events = attach(exec, stdout_at, stderr_at, self.supervisor.clone());
+        let events = attach(exec, from, follow, self.supervisor.clone());
         Ok(Response::new(Box::pin(until_input_error(
             events,
             input_errors,
