@@ -21,6 +21,31 @@ use std::{env, fmt};
 
 pub use output::{parse_num, parse_nums, GuestOutput};
 
+/// Two tests of the async body `fn(Backend)`, in a module named after it: `jail` (tier
+/// 2) and `tier3_vm` (a Linux VM; skipped with the doctor's reason where none boots,
+/// and failed after `$timeout`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($body:ident, $timeout:expr) => {
+        mod $body {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn jail() {
+                super::$body($crate::sandbox::Backend::Jail).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tier3_vm() {
+                if $crate::sandbox::skip_tier3(stringify!($body)) {
+                    return;
+                }
+                tokio::time::timeout($timeout, super::$body($crate::sandbox::Backend::Vm))
+                    .await
+                    .expect("the test did not finish in time");
+            }
+        }
+    };
+}
+
 /// 64-bit boot protocol ELF (no PVH note); entry in long mode with rsi = zero page.
 pub const TINY_ELF: &str = env!("TINY_ELF");
 /// The same guest as a bzImage (64-bit entry at load address + 0x200).

@@ -27,6 +27,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// The fd number the child sees for --ready-fd.
 const READY_FD: i32 = 3;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// The agent as PID 1 of a chroot of the rootfs image, in fresh namespaces.
     Jail,

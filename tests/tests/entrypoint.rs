@@ -6,43 +6,13 @@
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::sandbox::{skip_tier3, Backend, Sandbox};
+use vmm_tests::sandbox::{Backend, Sandbox};
 use vmm_tests::vmm_bin;
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Jail,
-    Vm,
-}
+/// Longest a tier-3 body may run (its guests run inside the emulated KVM host here).
+const VM_TEST_TIMEOUT: Duration = Duration::from_secs(600);
 
-macro_rules! both {
-    ($body:ident) => {
-        mod $body {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn jail() {
-                super::$body(Kind::Jail).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tier3_vm() {
-                if skip_tier3(stringify!($body)) {
-                    return;
-                }
-                tokio::time::timeout(Duration::from_secs(600), super::$body(Kind::Vm))
-                    .await
-                    .expect("the test did not finish in time");
-            }
-        }
-    };
-}
-
-fn start(kind: Kind, extra: &[&str]) -> Sandbox {
-    let backend = match kind {
-        Kind::Jail => Backend::Jail,
-        Kind::Vm => Backend::Vm,
-    };
+fn start(backend: Backend, extra: &[&str]) -> Sandbox {
     tokio::task::block_in_place(|| Sandbox::start_with(backend, extra))
 }
 
@@ -65,11 +35,11 @@ fn wait_exit(sb: &mut Sandbox) -> Option<i32> {
     tokio::task::block_in_place(|| sb.wait_exit(Duration::from_secs(120)))
 }
 
-async fn its_exit_ends_the_sandbox_with_its_status_and_logs_keep_its_output(kind: Kind) {
+async fn its_exit_ends_the_sandbox_with_its_status_and_logs_keep_its_output(backend: Backend) {
     // It goes on once the test creates /tmp/go.
     let script = "echo out-1; echo err-1 >&2; while [ ! -e /tmp/go ]; do sleep 0.1; done; \
                   echo out-2; exit 7";
-    let mut sb = start(kind, &["--", "sh", "-c", script]);
+    let mut sb = start(backend, &["--", "sh", "-c", script]);
     let c = sb.client().await;
     // Running: Status lists it, and the logs so far end without --follow.
     let status = c.status().await.unwrap();
@@ -102,10 +72,16 @@ async fn its_exit_ends_the_sandbox_with_its_status_and_logs_keep_its_output(kind
     drop(c);
     assert_eq!(wait_exit(&mut sb), Some(7));
 }
-both!(its_exit_ends_the_sandbox_with_its_status_and_logs_keep_its_output);
+vmm_tests::on_both_backends!(
+    its_exit_ends_the_sandbox_with_its_status_and_logs_keep_its_output,
+    super::VM_TEST_TIMEOUT
+);
 
-async fn keep_running_outlives_it_and_status_shows_its_exit(kind: Kind) {
-    let sb = start(kind, &["--keep-running", "--", "sh", "-c", "kill -TERM $$"]);
+async fn keep_running_outlives_it_and_status_shows_its_exit(backend: Backend) {
+    let sb = start(
+        backend,
+        &["--keep-running", "--", "sh", "-c", "kill -TERM $$"],
+    );
     let c = sb.client().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let exited = loop {
@@ -125,13 +101,16 @@ async fn keep_running_outlives_it_and_status_shows_its_exit(kind: Kind) {
     let out = c.run(&["echo", "still-here"], b"").await.unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still-here\n");
 }
-both!(keep_running_outlives_it_and_status_shows_its_exit);
+vmm_tests::on_both_backends!(
+    keep_running_outlives_it_and_status_shows_its_exit,
+    super::VM_TEST_TIMEOUT
+);
 
-async fn unread_output_never_holds_it_back(kind: Kind) {
+async fn unread_output_never_holds_it_back(backend: Backend) {
     // More than the ring keeps (4 MiB a stream) plus any window, and nobody reads it.
-    let mib = if matches!(kind, Kind::Vm) { 12 } else { 64 };
+    let mib = if backend == Backend::Vm { 12 } else { 64 };
     let script = format!("head -c {mib}M /dev/zero; echo written > /tmp/done; sleep 1000");
-    let sb = start(kind, &["--", "sh", "-c", &script]);
+    let sb = start(backend, &["--", "sh", "-c", &script]);
     let c = sb.client().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
@@ -155,10 +134,13 @@ async fn unread_output_never_holds_it_back(kind: Kind) {
     );
     assert!(out.len() >= 1 << 20, "{} bytes", out.len());
 }
-both!(unread_output_never_holds_it_back);
+vmm_tests::on_both_backends!(unread_output_never_holds_it_back, super::VM_TEST_TIMEOUT);
 
-async fn a_missing_program_ends_the_sandbox_with_127(kind: Kind) {
-    let mut sb = start(kind, &["--", "/no/such/program"]);
+async fn a_missing_program_ends_the_sandbox_with_127(backend: Backend) {
+    let mut sb = start(backend, &["--", "/no/such/program"]);
     assert_eq!(wait_exit(&mut sb), Some(127));
 }
-both!(a_missing_program_ends_the_sandbox_with_127);
+vmm_tests::on_both_backends!(
+    a_missing_program_ends_the_sandbox_with_127,
+    super::VM_TEST_TIMEOUT
+);

@@ -12,43 +12,10 @@ use vmm::client::{Client, ExecOutput};
 use vmm_tests::netlab::{NetLab, FAR, HOST_WAN, HTTP_PORT, WORLD, WORLD_NAME};
 use vmm_tests::sandbox::{skip_tier3, Backend, Networked, Sandbox};
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Jail,
-    Vm,
-}
-
-macro_rules! net_e2e {
-    ($body:ident) => {
-        mod $body {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn jail() {
-                super::$body(Kind::Jail).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn tier3_vm() {
-                if skip_tier3(stringify!($body)) {
-                    return;
-                }
-                tokio::time::timeout(VM_TEST_TIMEOUT, super::$body(Kind::Vm))
-                    .await
-                    .expect("the test did not finish in time");
-            }
-        }
-    };
-}
-
 /// Longest a tier-3 body may run (its guests run inside the emulated KVM host here).
 const VM_TEST_TIMEOUT: Duration = Duration::from_secs(900);
 
-async fn start(kind: Kind, lab: &NetLab, flags: &[&str]) -> Sandbox {
-    let backend = match kind {
-        Kind::Jail => Backend::Jail,
-        Kind::Vm => Backend::Vm,
-    };
+async fn start(backend: Backend, lab: &NetLab, flags: &[&str]) -> Sandbox {
     // Blocking (it waits for readiness), but short next to the test; the lab stays ours.
     tokio::task::block_in_place(|| Sandbox::start_networked(backend, &Networked { lab, flags }))
 }
@@ -130,11 +97,11 @@ async fn serve(c: &Client, port: u16, reply: &str) {
     );
 }
 
-async fn nat_dns_and_http_through_the_host(kind: Kind) {
+async fn nat_dns_and_http_through_the_host(backend: Backend) {
     let lab = NetLab::new("nat");
-    let sb = start(kind, &lab, &[]).await;
+    let sb = start(backend, &lab, &[]).await;
     let c = sb.client().await;
-    if matches!(kind, Kind::Vm) {
+    if backend == Backend::Vm {
         // The virtio-net device (the jail's veth is no device).
         assert_eq!(nics(&c).await, "eth0");
     }
@@ -168,11 +135,11 @@ async fn nat_dns_and_http_through_the_host(kind: Kind) {
         "{page}"
     );
 }
-net_e2e!(nat_dns_and_http_through_the_host);
+vmm_tests::on_both_backends!(nat_dns_and_http_through_the_host, super::VM_TEST_TIMEOUT);
 
-async fn an_allow_list_lets_through_only_its_networks(kind: Kind) {
+async fn an_allow_list_lets_through_only_its_networks(backend: Backend) {
     let lab = NetLab::new("allow");
-    let sb = start(kind, &lab, &["--allow", "198.18.0.0/24"]).await;
+    let sb = start(backend, &lab, &["--allow", "198.18.0.0/24"]).await;
     let c = sb.client().await;
     let page = fetch(&c, &WORLD.to_string(), HTTP_PORT)
         .await
@@ -184,11 +151,14 @@ async fn an_allow_list_lets_through_only_its_networks(kind: Kind) {
     let names = sh(&c, &format!("getent hosts {WORLD_NAME}")).await;
     assert_eq!(names.code(), Some(0), "{}", text(&names.stderr));
 }
-net_e2e!(an_allow_list_lets_through_only_its_networks);
+vmm_tests::on_both_backends!(
+    an_allow_list_lets_through_only_its_networks,
+    super::VM_TEST_TIMEOUT
+);
 
-async fn a_published_port_reaches_the_sandbox_from_the_host(kind: Kind) {
+async fn a_published_port_reaches_the_sandbox_from_the_host(backend: Backend) {
     let lab = NetLab::new("publish");
-    let sb = start(kind, &lab, &["--publish", "127.0.0.1:18080:8000"]).await;
+    let sb = start(backend, &lab, &["--publish", "127.0.0.1:18080:8000"]).await;
     let c = sb.client().await;
     serve(&c, 8000, "published-hello").await;
     let reply = lab.on_host(|| {
@@ -217,15 +187,18 @@ async fn a_published_port_reaches_the_sandbox_from_the_host(kind: Kind) {
         assert!(!connected, "the world connected to {to}");
     }
 }
-net_e2e!(a_published_port_reaches_the_sandbox_from_the_host);
+vmm_tests::on_both_backends!(
+    a_published_port_reaches_the_sandbox_from_the_host,
+    super::VM_TEST_TIMEOUT
+);
 
-async fn sandboxes_reach_each_other_only_when_allowed(kind: Kind) {
+async fn sandboxes_reach_each_other_only_when_allowed(backend: Backend) {
     let lab = NetLab::new("isolation");
-    let a = start(kind, &lab, &[]).await;
+    let a = start(backend, &lab, &[]).await;
     let ca = a.client().await;
     let a_addr = address_of(&ca).await;
     serve(&ca, 8000, "i-am-a").await;
-    let b = start(kind, &lab, &["--allow", &format!("{a_addr}/32")]).await;
+    let b = start(backend, &lab, &["--allow", &format!("{a_addr}/32")]).await;
     let cb = b.client().await;
     let b_addr = address_of(&cb).await;
     serve(&cb, 8000, "i-am-b").await;
@@ -239,7 +212,14 @@ async fn sandboxes_reach_each_other_only_when_allowed(kind: Kind) {
     assert!(fetch(&cb, &WORLD.to_string(), HTTP_PORT).await.is_err());
     assert!(fetch(&ca, &WORLD.to_string(), HTTP_PORT).await.is_ok());
 }
-net_e2e!(sandboxes_reach_each_other_only_when_allowed);
+// Tier 2 only for now: with two VMs at once, the emulated KVM host's kernel crashed
+// (a stack overflow in its KVM_RUN path) twice in a row in one CI run, and pairing a VM
+// with the jail needs ext4 in the emulated host's initramfs. The isolation itself is the
+// host side's (isolated bridge ports, per-sandbox chains), the same for TAPs and veths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_reach_each_other_only_when_allowed_jail() {
+    sandboxes_reach_each_other_only_when_allowed(Backend::Jail).await;
+}
 
 /// The addresses with rules on the lab's host (`sb-` chains).
 fn rules_on(lab: &NetLab) -> String {
@@ -267,9 +247,9 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-async fn rules_go_when_the_sandbox_ends_even_by_kill_9(kind: Kind) {
+async fn rules_go_when_the_sandbox_ends_even_by_kill_9(backend: Backend) {
     let lab = NetLab::new("cleanup");
-    let mut sb = start(kind, &lab, &[]).await;
+    let mut sb = start(backend, &lab, &[]).await;
     let c = sb.client().await;
     address_of(&c).await;
     assert!(!rules_on(&lab).is_empty());
@@ -280,7 +260,7 @@ async fn rules_go_when_the_sandbox_ends_even_by_kill_9(kind: Kind) {
         rules_on(&lab).is_empty()
     });
     // The releaser killed too: the next start, or `vmm net gc`, collects them.
-    let sb2 = start(kind, &lab, &[]).await;
+    let sb2 = start(backend, &lab, &[]).await;
     let c2 = sb2.client().await;
     let addr2 = address_of(&c2).await;
     let releaser = std::process::Command::new("pkill")
@@ -318,7 +298,10 @@ async fn rules_go_when_the_sandbox_ends_even_by_kill_9(kind: Kind) {
     assert_eq!(freed.trim(), format!("released {addr2}"));
     assert!(rules_on(&lab).is_empty());
 }
-net_e2e!(rules_go_when_the_sandbox_ends_even_by_kill_9);
+vmm_tests::on_both_backends!(
+    rules_go_when_the_sandbox_ends_even_by_kill_9,
+    super::VM_TEST_TIMEOUT
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tier3_block_network_means_no_nic() {

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent::api::status_response::State;
 use agent::connect::{Address, CONNECTION_WINDOW, STREAM_WINDOW};
@@ -13,7 +13,7 @@ use agent::pb::agent_client::AgentClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
-use super::Supervisor;
+use super::{thread_report, Supervisor};
 
 const PROBE_INTERVAL_STARTING: Duration = Duration::from_millis(10);
 const PROBE_INTERVAL_READY: Duration = Duration::from_secs(1);
@@ -49,6 +49,8 @@ pub async fn watch(supervisor: Arc<Supervisor>) {
     let mut misses = 0;
     let mut network_configured = supervisor.options.network.is_none();
     let mut last_network_error = String::new();
+    // The vCPU threads at the first missed probe, and when.
+    let mut silent_since: Option<(Vec<thread_report::VcpuThread>, Instant)> = None;
     loop {
         let mut agent = supervisor.probe.clone();
         let probe = tokio::time::timeout(PROBE_TIMEOUT, agent.ping(agent::pb::PingRequest {}));
@@ -68,6 +70,7 @@ pub async fn watch(supervisor: Arc<Supervisor>) {
             }
             Ok(Ok(_)) => {
                 misses = 0;
+                silent_since = None;
                 supervisor.set_health(State::Ready, String::new());
                 if !announced {
                     announced = true;
@@ -87,10 +90,20 @@ pub async fn watch(supervisor: Arc<Supervisor>) {
             if misses <= MISSES_BEFORE_LOST {
                 // Whether the guest ran meanwhile: the vCPU threads' states and CPU time
                 // (none in the test jail).
+                let threads = thread_report::vcpu_threads();
                 log::warn!(
                     "agent probe {misses} of {MISSES_BEFORE_LOST} failed ({reason}); vCPU threads: {}",
-                    super::thread_report::vcpu_threads()
+                    thread_report::summary(&threads)
                 );
+                match &silent_since {
+                    None => silent_since = Some((threads, Instant::now())),
+                    Some((before, since)) if misses == MISSES_BEFORE_LOST => {
+                        for spun in thread_report::spinning(before, *since, &threads) {
+                            log::warn!("while the agent was silent, {spun}: that vCPU spun without the guest answering");
+                        }
+                    }
+                    Some(_) => {}
+                }
             }
             if misses >= MISSES_BEFORE_LOST {
                 supervisor.set_health(
