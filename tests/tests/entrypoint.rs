@@ -63,12 +63,29 @@ async fn its_exit_ends_the_sandbox_with_its_status_and_logs_keep_its_output(back
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!((out.as_str(), err.as_str()), ("out-1\n", "err-1\n"));
-    // Let it finish: `logs --follow` prints everything and ends with it; the sandbox
-    // ends with its status.
+    // `logs --follow`, attached while it runs, prints everything and ends with it (once
+    // it has exited, the sandbox ends too, and nothing is left to ask).
+    let follower = Command::new(vmm_bin())
+        .arg("logs")
+        .arg("--api-sock")
+        .arg(&sb.api_socket)
+        .arg("--follow")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("vmm logs runs");
+    // Attached once its first output arrived; then let the entrypoint finish.
+    let mut follower = follower;
+    let mut first = [0u8; 6];
+    let mut stdout = follower.stdout.take().unwrap();
+    tokio::task::block_in_place(|| std::io::Read::read_exact(&mut stdout, &mut first)).unwrap();
+    assert_eq!(&first, b"out-1\n");
     let out = c.run(&["touch", "/tmp/go"], b"").await.unwrap();
     assert_eq!(out.code(), Some(0));
-    let (out, _, code) = logs(&sb, true);
-    assert_eq!((out.as_str(), code), ("out-1\nout-2\n", Some(0)));
+    let mut rest = String::new();
+    tokio::task::block_in_place(|| std::io::Read::read_to_string(&mut stdout, &mut rest)).unwrap();
+    assert_eq!(rest, "out-2\n");
+    let status = tokio::task::block_in_place(|| follower.wait()).unwrap();
+    assert_eq!(status.code(), Some(0));
     drop(c);
     assert_eq!(wait_exit(&mut sb), Some(7));
 }
