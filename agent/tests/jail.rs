@@ -198,6 +198,12 @@ async fn the_jail_has_its_own_dev_net_and_pids_and_a_read_only_sys() {
         })
         .filter(|p| p.contains("vmm-jail-"))
         .unwrap_or_else(|| panic!("the agent is not in a jail cgroup:\n{cgroups}"));
+    // Under cgroup v2 the agent sits in a leaf (vmm-agent) below the jail's group.
+    let path = path
+        .split_inclusive('/')
+        .take_while(|c| !c.starts_with("vmm-agent"))
+        .collect::<String>();
+    let path = path.trim_end_matches('/');
     let base = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         "/sys/fs/cgroup"
     } else {

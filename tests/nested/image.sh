@@ -13,9 +13,11 @@ cache_root=${VMM_CACHE_DIR:-$HOME/.cache/vmm}/nested
 # vhost_vsock serves QEMU microvm, the boot benchmark's peer; tun gives the virtio-net
 # tests their TAP devices; bridge, veth and the nf_tables expressions are the host side
 # of --net auto (`vmm net setup`: NAT, conntrack, redirect, bridge-family rules);
-# crc32c_generic first: libcrc32c (for conntrack) asks the crypto API for it at load.
+# crc32c_generic first: libcrc32c (for conntrack) asks the crypto API for it at load;
+# ext4 mounts the rootfs image of the test jail (tier 2's sandbox, paired with a VM).
 modules=(virtio_pci virtio_blk 9pnet_virtio 9p kvm kvm-amd loop vhost_vsock tun
-	crc32c_generic bridge veth nf_tables nft_ct nft_nat nft_masq nft_redir nft_chain_nat nft_meta_bridge)
+	crc32c_generic bridge veth nf_tables nft_ct nft_nat nft_masq nft_redir nft_chain_nat nft_meta_bridge
+	ext4)
 
 log() { echo "nested: $*" >&2; }
 die() {

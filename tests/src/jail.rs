@@ -4,18 +4,19 @@
 //! `Jail::start` (as root) copies the image sparsely into a temporary directory and runs
 //!
 //! ```text
-//! unshare --net --pid --fork --kill-child=SIGKILL --mount --uts --ipc --cgroup \
+//! unshare --net --pid --fork --kill-child=SIGKILL --mount --uts --ipc \
 //!     --propagation private sh -c '
+//!         echo 0 >CGROUP/cgroup.procs; exec unshare --cgroup sh -c "
 //!         mount -o loop IMAGE MNT; rm IMAGE; mount --bind DIR/vmm MNT/vmm
 //!         mount --bind -o ro AGENT MNT/vmm/vmm-agent
-//!         exec chroot MNT /vmm/vmm-agent --init --unix /vmm/agent.sock --hostname sandbox'
+//!         exec chroot MNT /vmm/vmm-agent --init --unix /vmm/agent.sock --hostname sandbox"'
 //! ```
 //!
-//! where AGENT is the static agent just built, started from inside its own pids cgroup
-//! (`pids.max` = JAIL_PIDS_MAX). Before the agent starts, the jail gets a private /dev
-//! (a tmpfs with null, zero, full, random, urandom, tty and the loop nodes, never the
-//! host's devtmpfs) and a read-only /sys; its network namespace has only `lo`. The agent
-//! then does the rest of its PID 1 duties inside (proc, devpts, /dev/shm, /run, cgroup2,
+//! where AGENT is the static agent just built, and CGROUP the jail's own pids cgroup
+//! (`pids.max` = JAIL_PIDS_MAX), the root of its cgroup namespace. Before the agent
+//! starts, the jail gets a private /dev (a tmpfs with null, zero, full, random, urandom,
+//! tty and the loop nodes, never the host's devtmpfs) and a read-only /sys; its network
+//! namespace has only `lo`. The agent then does the rest of its PID 1 duties inside (proc, devpts, /dev/shm, /run, cgroup2,
 //! hostname) and listens on /vmm/agent.sock, which the host sees as DIR/vmm/agent.sock.
 //!
 //! Every mount lives in the jail's own mount namespace, and the image copy is unlinked
@@ -103,6 +104,14 @@ fn jail_cgroup(dir: &tempfile::TempDir) -> PathBuf {
         .unwrap_or_else(|e| panic!("cannot set pids.max in {}: {e}", cgroup.display()));
     cgroup
 }
+
+/// The jail's PID 1 before it becomes the agent: joins the pids cgroup (argument 1),
+/// enters a cgroup namespace rooted there and runs JAIL_INIT (argument 2) with the rest.
+const JAIL_ENTER: &str = r#"set -e
+echo 0 >"$1/cgroup.procs"
+init=$2
+shift 2
+exec unshare --cgroup sh -c "$init" jail-init "$@""#;
 
 /// Mounts the image in the jail's mount namespace and starts the agent as its init.
 /// Arguments: image, mount point, host directory for /vmm, agent binary, then the
@@ -207,11 +216,11 @@ impl Jail {
         let level = std::env::var("VMM_JAIL_LOG").unwrap_or_else(|_| "info".to_owned());
         let cgroup = jail_cgroup(&jail.dir);
         jail.cgroup = Some(cgroup.clone());
-        // Into its own pids cgroup first (before the cgroup namespace makes it the root).
-        let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo $$ >\"$0/cgroup.procs\" && exec \"$@\""])
-            .arg(&cgroup)
-            .arg("unshare");
+        // The jail's first process moves itself into the jail's pids cgroup, and only
+        // then into a cgroup namespace: that group's only process is then the agent
+        // (unshare, its parent, stays outside, where a process would make the group a
+        // thread root under cgroup v2 and its children groups no process can join).
+        let mut cmd = Command::new("unshare");
         cmd.args([
             "--net",
             "--pid",
@@ -220,14 +229,15 @@ impl Jail {
             "--mount",
             "--uts",
             "--ipc",
-            "--cgroup",
             "--propagation",
             "private",
             "sh",
             "-c",
-            JAIL_INIT,
-            "jail-init",
+            JAIL_ENTER,
+            "jail-enter",
         ])
+        .arg(&cgroup)
+        .arg(JAIL_INIT)
         .arg(&image)
         .arg(&root)
         .arg(&vmm_dir)

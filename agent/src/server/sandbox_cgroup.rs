@@ -15,7 +15,8 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The group every exec joins.
 pub const SANDBOX_GROUP: &str = "vmm-sandbox";
 /// Where the agent moves itself when it is not at the root of the hierarchy (as a
-/// systemd service with Delegate=yes): cgroup v2 allows processes only in leaves there.
+/// systemd service with Delegate=yes, or in a cgroup namespace): cgroup v2 allows
+/// processes only in leaves there.
 const AGENT_GROUP: &str = "vmm-agent";
 /// Tasks kept for the agent and the rest of the system: a tenth of the kernel's limit,
 /// and at least this many.
@@ -46,7 +47,11 @@ impl SandboxCgroup {
                 "cgroup2 is not mounted at {CGROUP_ROOT}"
             )));
         }
-        if own != "/" {
+        // Only the hierarchy's real root may hold processes next to child groups with
+        // controllers; any other group (a systemd service, the test jail's cgroup
+        // namespace, whose root has cgroup.type) would become a thread root, and its
+        // children invalid domains that no process can join.
+        if own != "/" || base.join("cgroup.type").exists() {
             let agent = base.join(AGENT_GROUP);
             make_group(&agent)?;
             write(&agent.join("cgroup.procs"), &std::process::id().to_string())?;
