@@ -1,11 +1,12 @@
 //! A small internet in network namespaces, for the networking tests: the sandboxes'
 //! host (`vmm net setup` runs there, and their vmm processes) and a "world" behind it,
 //! which the host reaches through a veth, as its default route. The world serves HTTP on
-//! two networks (WORLD on 198.18.0.0/24, FAR on 198.18.1.0/24) and DNS for `world.test`;
-//! the host's resolv.conf names the world's DNS server: `host_command` bind-mounts the
-//! lab's own over /etc/resolv.conf in the mount namespace `ip netns exec` makes (/etc
-//! itself may be read-only, as in the emulated KVM host). Only these namespaces are touched: never the machine's
-//! own network, never an address beyond it (198.18.0.0/15 is the benchmarking range).
+//! two networks (WORLD on 198.18.0.0/24, FAR on 198.18.1.0/24) and DNS for `world.test`
+//! (UDP and TCP); the host's resolv.conf names the world's DNS server: `host_command`
+//! bind-mounts the lab's own over /etc/resolv.conf in the mount namespace `ip netns exec`
+//! makes (/etc itself may be read-only, as in the emulated KVM host). Only these
+//! namespaces are touched: never the machine's own network, never an address beyond it
+//! (198.18.0.0/15 is the benchmarking range).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -35,6 +36,8 @@ pub struct NetLab {
     world: String,
     dir: tempfile::TempDir,
     stop: Arc<AtomicBool>,
+    /// Queries the world's DNS server answered over TCP.
+    dns_tcp_queries: Arc<AtomicUsize>,
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -74,6 +77,7 @@ impl NetLab {
             world,
             dir,
             stop: Arc::new(AtomicBool::new(false)),
+            dns_tcp_queries: Arc::new(AtomicUsize::new(0)),
         };
         ip(&["netns", "add", &lab.host]);
         ip(&["netns", "add", &lab.world]);
@@ -106,6 +110,7 @@ impl NetLab {
             lab.serve_http(addr);
         }
         lab.serve_dns();
+        lab.serve_dns_tcp();
         lab
     }
 
@@ -182,6 +187,47 @@ impl NetLab {
                     "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
+            }
+        });
+    }
+
+    /// How many queries the world's DNS server has answered over TCP.
+    pub fn dns_tcp_queries(&self) -> usize {
+        self.dns_tcp_queries.load(Ordering::Relaxed)
+    }
+
+    /// DNS over TCP on WORLD:53: length-prefixed messages, answered as over UDP.
+    fn serve_dns_tcp(&self) {
+        let stop = self.stop.clone();
+        let count = self.dns_tcp_queries.clone();
+        let listener = in_netns(&self.world, || {
+            TcpListener::bind((WORLD, 53)).expect("bind the world's DNS server (TCP)")
+        });
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut len = [0u8; 2];
+                while conn.read_exact(&mut len).is_ok() {
+                    let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if conn.read_exact(&mut query).is_err() {
+                        break;
+                    }
+                    let Some(answer) = dns_answer(&query) else {
+                        break;
+                    };
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let mut reply = (answer.len() as u16).to_be_bytes().to_vec();
+                    reply.extend_from_slice(&answer);
+                    if conn.write_all(&reply).is_err() {
+                        break;
+                    }
+                }
             }
         });
     }

@@ -129,6 +129,15 @@ async fn nat_dns_and_http_through_the_host(backend: Backend) {
         "{}",
         text(&names.stderr)
     );
+    // Over TCP too (glibc's use-vc), through the host side's TCP relay.
+    let names = sh(&c, &format!("RES_OPTIONS=use-vc getent hosts {WORLD_NAME}")).await;
+    assert_eq!(
+        text(&names.stdout).split_whitespace().next(),
+        Some(WORLD.to_string().as_str()),
+        "{}",
+        text(&names.stderr)
+    );
+    assert!(lab.dns_tcp_queries() > 0, "no query came over TCP");
     // Through NAT: the world sees the host's address, not the sandbox's.
     let page = fetch(&c, WORLD_NAME, HTTP_PORT)
         .await
@@ -242,6 +251,18 @@ async fn tier3_a_vm_and_the_jail_reach_each_other_only_when_allowed() {
     .expect("the test did not finish in time");
 }
 
+/// A sandbox address as the host side names its chain and link (8 hex digits).
+fn hex_of(addr: &str) -> String {
+    format!(
+        "{:08x}",
+        u32::from(addr.parse::<std::net::Ipv4Addr>().unwrap())
+    )
+}
+
+fn chain_of(addr: &str) -> String {
+    format!("sb-{}", hex_of(addr))
+}
+
 /// The addresses with rules on the lab's host (`sb-` chains).
 fn rules_on(lab: &NetLab) -> String {
     let out = std::process::Command::new("/usr/sbin/ip")
@@ -268,6 +289,50 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// A sandbox that ends on its own (its entrypoint exits), and one stopped by Ctrl-C
+/// (SIGINT), leave no rules behind.
+async fn rules_go_when_the_sandbox_ends_or_is_interrupted(backend: Backend) {
+    let lab = NetLab::new("ends");
+    let entrypoint = "while [ ! -e /tmp/end ]; do sleep 0.1; done";
+    let mut sb = start(backend, &lab, &["--", "sh", "-c", entrypoint]).await;
+    let c = sb.client().await;
+    let addr = address_of(&c).await;
+    assert!(
+        rules_on(&lab).contains(&chain_of(&addr)),
+        "{}",
+        rules_on(&lab)
+    );
+    sh(&c, "touch /tmp/end").await;
+    drop(c);
+    let code = tokio::task::block_in_place(|| sb.wait_exit(Duration::from_secs(60)));
+    assert_eq!(code, Some(0), "the sandbox did not end with its entrypoint");
+    wait_until("the release of the rules", Duration::from_secs(20), || {
+        rules_on(&lab).is_empty()
+    });
+
+    let mut sb = start(backend, &lab, &[]).await;
+    let addr = address_of(&sb.client().await).await;
+    assert!(
+        rules_on(&lab).contains(&chain_of(&addr)),
+        "{}",
+        rules_on(&lab)
+    );
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(sb.process.id() as i32, libc::SIGINT) },
+        0
+    );
+    let code = tokio::task::block_in_place(|| sb.wait_exit(Duration::from_secs(60)));
+    assert_eq!(code, Some(130), "SIGINT did not stop the sandbox");
+    wait_until("the release of the rules", Duration::from_secs(20), || {
+        rules_on(&lab).is_empty()
+    });
+}
+vmm_tests::on_both_backends!(
+    rules_go_when_the_sandbox_ends_or_is_interrupted,
+    super::VM_TEST_TIMEOUT
+);
+
 async fn rules_go_when_the_sandbox_ends_even_by_kill_9(backend: Backend) {
     let lab = NetLab::new("cleanup");
     let mut sb = start(backend, &lab, &[]).await;
@@ -292,10 +357,7 @@ async fn rules_go_when_the_sandbox_ends_even_by_kill_9(backend: Backend) {
     drop(c2);
     // The whole sandbox goes (for the jail, its namespace and so its veth with it).
     drop(sb2);
-    let link = format!(
-        "vmt{:08x}",
-        u32::from(addr2.parse::<std::net::Ipv4Addr>().unwrap())
-    );
+    let link = format!("vmt{}", hex_of(&addr2));
     let link_gone = || {
         !std::process::Command::new("/usr/sbin/ip")
             .args([

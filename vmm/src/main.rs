@@ -480,6 +480,9 @@ fn supervise(args: SuperviseArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let seccomp = args.security.prepare()?;
+    // Before any thread exists, so that every thread inherits the mask and only the
+    // signal thread takes SIGTERM/SIGINT/SIGHUP (a thread without it would die of them).
+    vmm::signals::block_stop_signals();
     let network = match attachment {
         Some(a) => {
             let guest = a.guest.clone();
