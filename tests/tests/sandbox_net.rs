@@ -318,10 +318,8 @@ async fn rules_go_when_the_sandbox_ends_or_is_interrupted(backend: Backend) {
         rules_on(&lab)
     );
     // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(
-        unsafe { libc::kill(sb.process.id() as i32, libc::SIGINT) },
-        0
-    );
+    let sent = unsafe { libc::kill(sb.process.id() as i32, libc::SIGINT) };
+    assert_eq!(sent, 0);
     let code = tokio::task::block_in_place(|| sb.wait_exit(Duration::from_secs(60)));
     assert_eq!(code, Some(130), "SIGINT did not stop the sandbox");
     wait_until("the release of the rules", Duration::from_secs(20), || {
