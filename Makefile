@@ -4,6 +4,8 @@
 #   make kernel     build/vmlinux + build/bzImage (cached in ~/.cache/vmm)
 #   make agent      the static guest agent
 #   make rootfs     build/rootfs.ext4 with the agent (cached)
+#   make rootfs-docker  build/rootfs-docker.ext4: the same plus docker.io, iptables and
+#                   the base image local/debian:bookworm for offline builds (cached)
 #   make test       lint + unit + integration tests, then the real-Linux-guest tests
 #                   (tier 3; in the emulated KVM host where Linux cannot boot directly)
 #   make test-tier3 only the tier-3 tests
@@ -31,8 +33,8 @@ include mk/images.mk
 
 .PHONY: all build deps lint test test-tier3 bench demo demo-jail clean agent fuzz fuzz-deps
 
-# The image needs the agent it runs.
-rootfs: agent
+# The images need the agent they run.
+rootfs rootfs-docker: agent
 
 agent: deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p agent \

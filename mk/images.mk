@@ -5,14 +5,16 @@
 #
 #   make kernel
 #   make rootfs [AGENT=path/to/vmm-agent] [ROOTFS_SIZE=2G]
+#   make rootfs-docker [AGENT=…] [ROOTFS_DOCKER_SIZE=8G]   with docker.io and a base image
 #   make rootfs-selftest
 
 IMAGES_ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))/..)
 BUILD_DIR ?= $(IMAGES_ROOT)/build
 ROOTFS_SIZE ?= 2G
+ROOTFS_DOCKER_SIZE ?= 8G
 AGENT ?=
 
-.PHONY: kernel rootfs rootfs-selftest
+.PHONY: kernel rootfs rootfs-docker rootfs-selftest
 
 kernel:
 	$(IMAGES_ROOT)/kernel-config/build.sh $(BUILD_DIR)
@@ -20,6 +22,10 @@ kernel:
 rootfs:
 	$(IMAGES_ROOT)/rootfs-builder/build.sh --out $(BUILD_DIR)/rootfs.ext4 \
 		--size $(ROOTFS_SIZE) $(if $(AGENT),--agent $(AGENT))
+
+rootfs-docker:
+	$(IMAGES_ROOT)/rootfs-builder/build.sh --out $(BUILD_DIR)/rootfs-docker.ext4 --docker \
+		--size $(ROOTFS_DOCKER_SIZE) $(if $(AGENT),--agent $(AGENT))
 
 rootfs-selftest:
 	$(IMAGES_ROOT)/rootfs-builder/selftest.sh

@@ -12,18 +12,28 @@ mirror=${VMM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 cache=${VMM_CACHE_DIR:-$HOME/.cache/vmm}/rootfs
 hostname=vmm-guest
 
+# The Docker image (--docker) adds these, and a base image for offline builds.
+docker_packages=(docker.io iptables)
+docker_base=local/debian:bookworm
+docker_base_packages=(ca-certificates curl)
+
 usage() {
 	cat <<EOF
 usage: $0 --out FILE [--size SIZE] [--from-dir DIR | --from-tar FILE] [--agent PATH]
+          [--docker]
 
 Writes an ext4 root filesystem image to FILE (via a temp file and rename).
 
   --out FILE       image to write, e.g. build/rootfs.ext4
-  --size SIZE      image size: 512M, 2G, or a number of MiB (default 2G)
+  --size SIZE      image size: 512M, 2G, or a number of MiB (default 2G; 8G with
+                   --docker); the image is sparse
   --from-dir DIR   use the content of DIR as the root filesystem
   --from-tar FILE  use the content of a tar archive (any compression tar detects),
                    e.g. the output of \`docker export\`
   --agent PATH     install PATH as /sbin/vmm-agent (mode 0755)
+  --docker         the Debian image plus ${docker_packages[*]}, with $docker_base
+                   (debootstrap minbase + ${docker_base_packages[*]}) preloaded into
+                   /var/lib/docker by the image's own dockerd, run once in a chroot
   -h, --help       show this help
 
 Without --from-dir/--from-tar the content is Debian $suite (debootstrap
@@ -40,12 +50,13 @@ die() {
 	exit 1
 }
 
-out="" size=2G from_dir="" from_tar="" agent=""
+out="" size="" from_dir="" from_tar="" agent="" docker=""
 while (($#)); do
 	opt=$1
 	case $opt in
 	--*=*) set -- "${opt%%=*}" "${opt#*=}" "${@:2}"; continue ;;
 	-h | --help) usage; exit 0 ;;
+	--docker) docker=1; shift; continue ;;
 	--out | --size | --from-dir | --from-tar | --agent)
 		(($# >= 2)) || die "$opt needs a value (see --help)"
 		case $opt in
@@ -63,6 +74,9 @@ done
 # --- Validate every input before doing any work ---
 [[ -n $out ]] || die "--out FILE is required (see --help)"
 [[ -z $from_dir || -z $from_tar ]] || die "--from-dir and --from-tar are mutually exclusive"
+[[ -z $docker || -z $from_dir$from_tar ]] || die "--docker builds the Debian image: not with --from-dir/--from-tar"
+[[ -n $size ]] || size=$([[ -n $docker ]] && echo 8G || echo 2G)
+[[ -z $docker ]] || packages+=("${docker_packages[@]}")
 [[ $size =~ ^([0-9]+)([MmGg]([Ii][Bb])?)?$ ]] || die "bad --size '$size': use e.g. 512M, 2G or a number of MiB"
 size_mib=$((10#${BASH_REMATCH[1]}))
 [[ ${BASH_REMATCH[2]} != [Gg]* ]] || size_mib=$((size_mib * 1024))
@@ -123,9 +137,62 @@ debian_tar() {
 	rm -rf --one-file-system "$tree"
 }
 
+# --- The Docker base image: a minbase tree as a tar for `docker import`, cached ---
+docker_base_tar() {
+	local tree=$work/docker-base
+	log "debootstrap $suite (minbase + ${docker_base_packages[*]}) for $docker_base; log: $cache/debootstrap-docker-base.log"
+	debootstrap --variant=minbase --include="$(IFS=,; echo "${docker_base_packages[*]}")" \
+		"$suite" "$tree" "$mirror" >"$cache/debootstrap-docker-base.log" 2>&1 ||
+		die "debootstrap of the Docker base image failed; see $cache/debootstrap-docker-base.log"
+	rm -rf "$tree"/var/cache/apt/archives/*.deb "$tree"/var/lib/apt/lists/*
+	: >"$tree/etc/resolv.conf"
+	tar --numeric-owner --xattrs --xattrs-include='*' -cf "$1.tmp" -C "$tree" .
+	mv -f "$1.tmp" "$1"
+	rm -rf --one-file-system "$tree"
+}
+
+# Runs in fresh mount and PID namespaces (everything it mounts or starts goes with
+# them): the staged image's own dockerd, chrooted into the image, imports the base
+# image into the image's /var/lib/docker, then stops cleanly. No network is set up.
+# Arguments: the staged root, the base tar, the image name, dockerd's log.
+# shellcheck disable=SC2016
+preload_script='set -eu
+root=$1 tar=$2 name=$3 log=$4
+# Docker unpacks layers in a chroot whose / it remounts: / must be a mount point.
+mount --bind "$root" "$root"
+mount -t proc proc "$root/proc"
+mount -t sysfs -o ro sysfs "$root/sys"
+mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
+mount -t tmpfs -o mode=755,size=1m dev "$root/dev"
+for n in "null c 1 3" "zero c 1 5" "full c 1 7" "random c 1 8" "urandom c 1 9"; do
+	mknod -m 666 "$root/dev/${n%% *}" ${n#* }
+done
+mount -t tmpfs -o mode=755 run "$root/run"
+touch "$root/run/base.tar"
+mount --bind -o ro "$tar" "$root/run/base.tar"
+sock=unix:///run/preload.sock
+chroot "$root" dockerd -H "$sock" --storage-driver overlay2 --bridge none \
+	--iptables=false --ip6tables=false --ip-masq=false >"$log" 2>&1 &
+dockerd=$!
+i=0
+until chroot "$root" docker -H "$sock" version >/dev/null 2>&1; do
+	kill -0 $dockerd 2>/dev/null || { echo "dockerd exited; its log: $log" >&2; exit 1; }
+	i=$((i + 1))
+	[ $i -lt 300 ] || { echo "dockerd did not answer in 60 s; its log: $log" >&2; exit 1; }
+	sleep 0.2
+done
+chroot "$root" docker -H "$sock" import --change "CMD [\"bash\"]" /run/base.tar "$name" >/dev/null
+chroot "$root" docker -H "$sock" image inspect "$name" >/dev/null
+kill -TERM $dockerd
+wait $dockerd || true'
+
 image_key=""
 if [[ -z $from_dir && -z $from_tar ]]; then
 	tar_key=$({ echo "$suite ${packages[*]}"; declare -f debian_tar; } | sha)
+	if [[ -n $docker ]]; then
+		docker_base_key=$({ echo "$suite ${docker_base_packages[*]}"; declare -f docker_base_tar; } | sha)
+		tar_key="$tar_key $docker_base_key"
+	fi
 	image_key=$({ cat "${BASH_SOURCE[0]}"; echo "$tar_key $size_mib"; [[ -z $agent ]] || sha256sum <"$agent"; } | sha)
 	if [[ -f $cache/image-$image_key.ext4 ]]; then
 		cp --sparse=always "$cache/image-$image_key.ext4" "$out.tmp.$$"
@@ -134,7 +201,7 @@ if [[ -z $from_dir && -z $from_tar ]]; then
 		exit 0
 	fi
 	((EUID == 0)) || die "building the Debian image needs root (debootstrap); or use --from-dir"
-	from_tar=$cache/debian-$suite-$tar_key.tar
+	from_tar=$cache/debian-$suite-${tar_key%% *}.tar
 	if [[ -f $from_tar ]]; then
 		log "debootstrap cache hit: $from_tar"
 	else
@@ -222,6 +289,22 @@ UNIT
 		ln -sf ../vmm-agent.service "$stage/etc/systemd/system/multi-user.target.wants/vmm-agent.service"
 		log "enabled vmm-agent.service for images booted with their own init"
 	fi
+fi
+
+if [[ -n $docker ]]; then
+	base_tar=$cache/docker-base-$suite-$docker_base_key.tar
+	if [[ -f $base_tar ]]; then
+		log "Docker base image cache hit: $base_tar"
+	else
+		docker_base_tar "$base_tar"
+	fi
+	# Debian installs dockerd in /usr/sbin; Docker's own packages (and the seed's
+	# entrypoint, /usr/bin/dockerd) have it in /usr/bin.
+	[[ -e $stage/usr/bin/dockerd ]] || ln -s ../sbin/dockerd "$stage/usr/bin/dockerd"
+	log "preloading $docker_base into /var/lib/docker (the image's dockerd, in a chroot)"
+	unshare --mount --pid --fork --propagation private sh -c "$preload_script" preload \
+		"$stage" "$base_tar" "$docker_base" "$cache/dockerd-preload.log" ||
+		die "preloading $docker_base failed; dockerd's log: $cache/dockerd-preload.log"
 fi
 
 # --- mkfs ---
