@@ -15,6 +15,8 @@
 #   make demo       the loop-mount example in a real VM (inside the emulated KVM host
 #                   where Linux cannot boot directly; it says which)
 #   make demo-jail  the same example in the test jail
+#   make demo-docker  the seed's Docker demo (dockerd entrypoint, build, run, a user
+#                   network, a snapshot) in a real VM, offline; prints each stage
 #   make fuzz       every cargo-fuzz target for SECS seconds (default 60), one at a time
 
 CARGO ?= cargo
@@ -31,7 +33,7 @@ TEST_PACKAGES := gcc qemu-system-x86 qemu-utils e2fsprogs protobuf-compiler cpio
 
 include mk/images.mk
 
-.PHONY: all build deps lint test test-tier3 bench demo demo-jail clean agent fuzz fuzz-deps
+.PHONY: all build deps lint test test-tier3 bench demo demo-docker demo-jail clean agent fuzz fuzz-deps
 
 # The images need the agent they run.
 rootfs rootfs-docker: agent
@@ -58,13 +60,13 @@ lint:
 # The integration tests drive the vmm binary of the same profile, so build it first.
 # Tier 3 (real Linux guests) runs last, through tests/run-tier3: directly where `vmm
 # doctor` says Linux boots, else in the emulated KVM host.
-test: deps lint rootfs-selftest agent kernel rootfs
+test: deps lint rootfs-selftest agent kernel rootfs rootfs-docker
 	$(CARGO) build -p vmm
 	$(CARGO) test --workspace -- --test-threads=2 --skip tier3_
 	CARGO=$(CARGO) tests/run-tier3
 
 # Only the tier-3 tests.
-test-tier3: deps agent kernel rootfs
+test-tier3: deps agent kernel rootfs rootfs-docker
 	CARGO=$(CARGO) tests/run-tier3
 
 # Linux boot against QEMU microvm runs where Linux boots: here, or in the emulated host.
@@ -99,6 +101,18 @@ demo: deps agent kernel rootfs
 		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/demo vm; \
 	else \
 		target/release/vmm doctor; echo "demo: no Linux guest can boot here; try make demo-jail" >&2; exit 1; \
+	fi
+
+# The seed's Docker demo, offline, in a real VM (in the emulated KVM host where Linux
+# cannot boot directly): dockerd as the entrypoint, docker build, run, a user network,
+# a snapshot and a new sandbox from it; it prints each stage and its time.
+demo-docker: deps agent kernel rootfs-docker
+	$(CARGO) build --release -p vmm -p vmm-tests --bins
+	@if target/release/vmm doctor --json | grep -q '"linux_guests_boot":true'; then \
+		VMM_BIN=$(CURDIR)/target/release/vmm target/release/demo_docker; \
+	else \
+		echo "== Linux guests cannot boot directly here: the demo runs inside the emulated KVM host (tests/nested/run) =="; \
+		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/demo_docker; \
 	fi
 
 # The same example in the test jail (no VM).

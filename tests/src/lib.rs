@@ -4,6 +4,7 @@
 pub mod abi;
 pub mod bzimage;
 pub mod disk;
+pub mod docker;
 pub mod jail;
 pub mod netlab;
 pub mod output;

@@ -45,7 +45,7 @@ pub struct Networked<'a> {
 
 /// A VM sandbox's root disk.
 pub enum RootDisk {
-    /// A private copy of build/rootfs.ext4.
+    /// A private copy of build/rootfs.ext4 (the jail's default image).
     Copy,
     /// A qcow2 overlay (created or resumed) on a base image.
     Overlay { base: PathBuf, overlay: PathBuf },
@@ -133,6 +133,19 @@ impl Sandbox {
         Self::build(backend, VM_MEMORY_MIB, RootDisk::Copy, &[], Some(net))
     }
 
+    /// A sandbox on the lab's network, with its own memory size (VMs), root disk (the
+    /// jail takes a raw image, which it copies) and flags (which may end with
+    /// `-- ENTRYPOINT…`).
+    pub fn start_custom(
+        backend: Backend,
+        memory_mib: u32,
+        root: RootDisk,
+        net: &Networked,
+        extra: &[&str],
+    ) -> Self {
+        Self::build(backend, memory_mib, root, extra, Some(net))
+    }
+
     fn start_on(backend: Backend, memory_mib: u32, root: RootDisk, extra: &[&str]) -> Self {
         Self::build(backend, memory_mib, root, extra, None)
     }
@@ -152,7 +165,12 @@ impl Sandbox {
         };
         let jail = match backend {
             Backend::Jail => {
-                let jail = Jail::start(&Jail::rootfs_image(), &Jail::agent_bin());
+                let image = match &root {
+                    RootDisk::Copy => Jail::rootfs_image(),
+                    RootDisk::Image(image) => image.clone(),
+                    RootDisk::Overlay { .. } => panic!("the jail boots raw images only"),
+                };
+                let jail = Jail::start(&image, &Jail::agent_bin());
                 cmd.arg("supervise")
                     .arg("--agent-sock")
                     .arg(jail.socket_path());
@@ -191,13 +209,14 @@ impl Sandbox {
         };
         cmd.arg("--api-sock").arg(&api_socket);
         let (ready_read, ready_write) = readiness_pipe(&mut cmd);
-        cmd.args(extra);
         if let Some(net) = net {
             if matches!(backend, Backend::Vm) {
                 cmd.args(["--net", "auto"]);
             }
             cmd.args(net.flags);
         }
+        // Last: `extra` may end with `-- ENTRYPOINT…`.
+        cmd.args(extra);
         // A VM's serial console goes to a file, for the test to show when it fails.
         let console = std::fs::File::create(dir.path().join(CONSOLE_FILE)).expect("console log");
         cmd.stdin(Stdio::null())
