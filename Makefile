@@ -11,7 +11,9 @@
 #   make test-tier3 only the tier-3 tests
 #   make bench      start-up/RSS and Linux boot against QEMU microvm, virtio-blk against
 #                   pread/pwrite, virtio-net tx against write(2) to a TAP, sandbox exec
-#                   and streams, TCP out of a sandbox (--net auto) against a veth
+#                   and streams, TCP out of a sandbox (--net auto) against a veth,
+#                   dockerd start to ready, the demo image's build, snapshot pauses
+#                   with /var/lib/docker populated against the base image only
 #   make demo       the loop-mount example in a real VM (inside the emulated KVM host
 #                   where Linux cannot boot directly; it says which)
 #   make demo-jail  the same example in the test jail
@@ -70,7 +72,7 @@ test-tier3: deps agent kernel rootfs rootfs-docker
 	CARGO=$(CARGO) tests/run-tier3
 
 # Linux boot against QEMU microvm runs where Linux boots: here, or in the emulated host.
-bench: deps agent kernel rootfs
+bench: deps agent kernel rootfs rootfs-docker
 	$(CARGO) build --release -p vmm -p vmm-tests --bins
 	$(CARGO) bench -p devices --bench blk_queue
 	$(CARGO) bench -p devices --bench net_queue
@@ -81,11 +83,13 @@ bench: deps agent kernel rootfs
 		VMM_BIN=$(CURDIR)/target/release/vmm target/release/boot_bench; \
 		VMM_BIN=$(CURDIR)/target/release/vmm target/release/snapshot_bench --linux; \
 		VMM_BIN=$(CURDIR)/target/release/vmm target/release/net_bench; \
+		VMM_BIN=$(CURDIR)/target/release/vmm target/release/docker_bench; \
 	else \
 		echo "== Linux boot bench: in the emulated KVM host (Linux cannot boot directly here) =="; \
 		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/boot_bench; \
 		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/snapshot_bench --linux; \
 		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/net_bench; \
+		tests/nested/run -- env VMM_BIN=$(CURDIR)/target/release/vmm target/release/docker_bench; \
 	fi
 
 # The seed's loop-mount example in a real VM: directly where Linux boots, else inside

@@ -9,6 +9,7 @@ pub mod jail;
 pub mod netlab;
 pub mod output;
 pub mod sandbox;
+pub mod stats;
 pub mod unprivileged;
 
 use std::ffi::{OsStr, OsString};

@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use vmm_tests::sandbox::{readiness_pipe, repo_file};
+use vmm_tests::stats::median;
 use vmm_tests::vmm_bin;
 
 /// Runs of each VMM (VMM_BENCH_RUNS overrides).
@@ -204,16 +205,6 @@ fn qemu(qemu: &Path, kernel: &Path, disk: &Path) -> Result<Boot, String> {
 
 fn ms(d: Option<Duration>) -> f64 {
     d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.retain(|x| !x.is_nan());
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
 }
 
 fn column(boots: &[Boot], f: Milestone) -> f64 {

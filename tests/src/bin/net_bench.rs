@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use vmm_tests::netlab::{NetLab, WORLD};
 use vmm_tests::sandbox::{Backend, Networked, Sandbox};
+use vmm_tests::stats::median;
 
 const SINK_PORT: u16 = 9000;
 
@@ -23,11 +24,6 @@ fn env_or(key: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A sink in the world: for each connection, MiB/s from its first byte to its end.

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmm_tests::sandbox::{repo_file, RootDisk, Sandbox};
+use vmm_tests::stats::median;
 use vmm_tests::{Vmm, TINY_ELF};
 
 const SIZES_MIB: [u64; 2] = [100, 2048];
@@ -27,11 +28,6 @@ fn runs() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn run(cmd: &mut Command) {
