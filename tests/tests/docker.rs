@@ -13,6 +13,8 @@
 
 use std::time::Duration;
 
+use vmm::client::Client;
+
 use vmm_tests::docker::{
     self, containers_talk_by_name, docker_build, docker_run, image_tags, sh_ok, wait_for_docker,
     warnings, write_build_context, BASE_IMAGE, DEMO_TAG,
@@ -23,8 +25,13 @@ use vmm_tests::sandbox::{skip_tier3, Backend, RootDisk, Sandbox};
 /// Longest one test may run (its guest runs inside the emulated KVM host here).
 const TIMEOUT: Duration = Duration::from_secs(1200);
 
-fn start(lab: &NetLab, root: RootDisk) -> Sandbox {
-    tokio::task::block_in_place(|| docker::start_dockerd(Backend::Vm, lab, root))
+/// A VM with dockerd as its entrypoint, once `docker info` answers: the sandbox, its
+/// client and what `docker info` said.
+async fn start(lab: &NetLab, root: RootDisk) -> (Sandbox, Client, String) {
+    let sb = tokio::task::block_in_place(|| docker::start_dockerd(Backend::Vm, lab, root));
+    let c = sb.client().await;
+    let (info, _) = wait_for_docker(&c).await.unwrap();
+    (sb, c, info)
 }
 
 async fn with_timeout<F: std::future::Future<Output = ()>>(test: &str, body: F) {
@@ -62,9 +69,7 @@ async fn tier3_dockerd_as_the_entrypoint_answers_docker_info_and_runs_the_base_i
     with_timeout("dockerd_as_the_entrypoint", async {
         let lab = NetLab::new("dockerd");
         let dir = tempfile::tempdir().unwrap();
-        let sb = start(&lab, docker::fresh_overlay(dir.path()));
-        let c = sb.client().await;
-        let (info, _) = wait_for_docker(&c).await.unwrap();
+        let (_sb, c, info) = start(&lab, docker::fresh_overlay(dir.path())).await;
         for want in ["Storage Driver: overlay2", "Cgroup Version: 2"] {
             assert!(info.contains(want), "no {want:?} in docker info:\n{info}");
         }
@@ -91,9 +96,7 @@ async fn tier3docker_build_streams_its_steps_fetches_over_http_and_the_image_run
     with_timeout("docker_build", async {
         let lab = NetLab::new("dbuild");
         let dir = tempfile::tempdir().unwrap();
-        let sb = start(&lab, docker::fresh_overlay(dir.path()));
-        let c = sb.client().await;
-        wait_for_docker(&c).await.unwrap();
+        let (_sb, c, _) = start(&lab, docker::fresh_overlay(dir.path())).await;
         write_build_context(&c).await.unwrap();
         let mut steps = Vec::new();
         let output = docker_build(&c, DEMO_TAG, |line| {
@@ -123,9 +126,7 @@ async fn tier3docker_containers_on_a_user_bridge_reach_each_other_by_name() {
     with_timeout("containers_on_a_user_bridge", async {
         let lab = NetLab::new("dnet");
         let dir = tempfile::tempdir().unwrap();
-        let sb = start(&lab, docker::fresh_overlay(dir.path()));
-        let c = sb.client().await;
-        wait_for_docker(&c).await.unwrap();
+        let (_sb, c, _) = start(&lab, docker::fresh_overlay(dir.path())).await;
         let fetched = containers_talk_by_name(&c).await.unwrap();
         assert_eq!(fetched.trim(), "hello from web");
         // Not by name on the default bridge: the name is the user network's.
@@ -151,9 +152,7 @@ async fn tier3docker_images_survive_a_snapshot_into_a_new_sandbox() {
         let dir = tempfile::tempdir().unwrap();
         let snapshot = dir.path().join("docker-state.qcow2");
         {
-            let sb = start(&lab, docker::fresh_overlay(dir.path()));
-            let c = sb.client().await;
-            wait_for_docker(&c).await.unwrap();
+            let (_sb, c, _) = start(&lab, docker::fresh_overlay(dir.path())).await;
             write_build_context(&c).await.unwrap();
             docker_build(&c, DEMO_TAG, |_| {}).await.unwrap();
             let taken = c
@@ -163,9 +162,7 @@ async fn tier3docker_images_survive_a_snapshot_into_a_new_sandbox() {
             assert!(taken.size > 0, "{taken:?}");
             // One VM at a time in the emulated KVM host: this one goes first.
         }
-        let sb = start(&lab, RootDisk::Image(snapshot));
-        let c = sb.client().await;
-        wait_for_docker(&c).await.unwrap();
+        let (_sb, c, _) = start(&lab, RootDisk::Image(snapshot)).await;
         let tags = image_tags(&c).await.unwrap();
         assert!(tags.contains(&DEMO_TAG.to_string()), "{tags:?}");
         // No rebuild: it runs as it is.
