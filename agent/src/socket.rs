@@ -220,6 +220,12 @@ mod tests {
     #[tokio::test]
     async fn a_closed_peer_is_a_broken_pipe_error() {
         let (mut a, b) = pair();
+        // Closing alone is not enough in a test process: a child another test forked
+        // holds a copy of b's descriptor until it execs, and the socket stays open.
+        // A shutdown acts on the socket itself, whoever holds copies.
+        // SAFETY: shutdown(2) on b's descriptor, which b still owns; no memory.
+        let rc = unsafe { libc::shutdown(b.io.as_raw_fd(), libc::SHUT_RDWR) };
+        assert_eq!(rc, 0);
         drop(b);
         let e = a.write_all(&[0u8; 4096]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
