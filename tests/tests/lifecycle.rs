@@ -19,7 +19,11 @@ fn bzimage_reset_exits_0() {
 #[test]
 fn triple_fault_exits_2_and_says_so() {
     let out = Vmm::guest(TINY_ELF, "triplefault").run();
-    out.assert_code(2).assert_stderr_mentions("triple fault");
+    // With the registers it died with: the guest's empty IDT among them.
+    out.assert_code(2)
+        .assert_stderr_mentions("triple fault")
+        .assert_stderr_mentions("triple-faulted with rip=")
+        .assert_stderr_mentions("idt=0x0/0x0");
     assert_eq!(
         out.guest.info("triplefault"),
         Some(""),

@@ -104,7 +104,12 @@ impl Vcpu {
                     log::debug!("vcpu{cpu}: write to unmapped MMIO {addr:#x}");
                 }
             }
-            Ok(VcpuExit::Shutdown) => return Some(ExitReason::TripleFault { cpu }),
+            Ok(VcpuExit::Shutdown) => {
+                // What the guest's CPU held when it gave up, to tell a guest bug from an
+                // emulator's (a wild GS base, a stack at a page edge).
+                log::error!("vCPU {cpu} triple-faulted with {}", self.registers());
+                return Some(ExitReason::TripleFault { cpu });
+            }
             Ok(VcpuExit::Hlt) => return Some(ExitReason::PowerOff),
             Ok(VcpuExit::FailEntry(reason, _)) => {
                 return Some(ExitReason::FailEntry { cpu, reason })
@@ -144,17 +149,37 @@ impl Vcpu {
             .iter()
             .map(|d| format!("{d:#x}"))
             .collect();
-        let regs = match (self.fd.get_regs(), self.fd.get_sregs()) {
+        format!(
+            "suberror {} data [{}] {}",
+            internal.suberror,
+            data.join(" "),
+            self.registers()
+        )
+    }
+
+    /// The vCPU's main registers on one line.
+    fn registers(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
             (Ok(r), Ok(s)) => format!(
-                "rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
-                r.rip, r.rsp, r.rflags, s.cr0, s.cr3, s.cr4, s.efer
+                "rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
+                 efer={:#x} cs={:#x} gs.base={:#x} fs.base={:#x} tr.base={:#x} \
+                 idt={:#x}/{:#x}",
+                r.rip,
+                r.rsp,
+                r.rflags,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.cs.selector,
+                s.gs.base,
+                s.fs.base,
+                s.tr.base,
+                s.idt.base,
+                s.idt.limit
             ),
             _ => "registers unavailable".to_string(),
-        };
-        format!(
-            "suberror {} data [{}] {regs}",
-            internal.suberror,
-            data.join(" ")
-        )
+        }
     }
 }
