@@ -53,6 +53,8 @@ expect_error "too small" 'too small for [0-9]+ MiB of content; need at least [0-
 expect_error "bad size" "bad --size '2T'" --out "$tmp/x.ext4" --from-dir "$tmp/root" --size 2T
 expect_error "unknown flag" 'unknown argument: --frobnicate' --out "$tmp/x.ext4" --frobnicate
 expect_error "missing --out" '--out FILE is required' --from-dir "$tmp/root"
+expect_error "--docker with content" '--docker builds the Debian image' \
+	--out "$tmp/x.ext4" --docker --from-dir "$tmp/root"
 [[ ! -e $tmp/x.ext4 ]] || fail "a failed build left $tmp/x.ext4 behind"
 
 # check_image NAME FILE: e2fsck clean, content and agent present with the right mode.
