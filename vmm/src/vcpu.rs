@@ -106,7 +106,8 @@ impl Vcpu {
             }
             Ok(VcpuExit::Shutdown) => {
                 // What the guest's CPU held when it gave up, to tell a guest bug from an
-                // emulator's (a wild GS base, a stack at a page edge).
+                // emulator's (a wild GS base, a stack at a page edge). KVM on AMD resets
+                // the vCPU before it reports the shutdown: then this is the reset state.
                 log::error!("vCPU {cpu} triple-faulted with {}", self.registers());
                 return Some(ExitReason::TripleFault { cpu });
             }
