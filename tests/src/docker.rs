@@ -42,16 +42,12 @@ pub fn docker_rootfs() -> PathBuf {
     p
 }
 
-/// A sandbox with dockerd as its entrypoint, on the lab's network (open egress): a VM
-/// booted from `root` (a fresh overlay on the Docker image, or a snapshot), or the jail
-/// on a copy of the Docker image.
+/// A sandbox with dockerd as its entrypoint, on the lab's network (open egress), on
+/// `root`: for a VM a fresh overlay on the Docker image or a snapshot; for the jail the
+/// Docker image itself (`RootDisk::Image`, which the jail copies).
 pub fn start_dockerd(backend: Backend, lab: &NetLab, root: RootDisk) -> Sandbox {
     let mut extra = vec!["--"];
     extra.extend(DOCKERD);
-    let root = match backend {
-        Backend::Vm => root,
-        Backend::Jail => RootDisk::Image(docker_rootfs()),
-    };
     Sandbox::start_custom(
         backend,
         DOCKER_MEMORY_MIB,

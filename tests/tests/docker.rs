@@ -46,8 +46,13 @@ async fn with_timeout<F: std::future::Future<Output = ()>>(test: &str, body: F) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerd_in_the_jail_runs_a_container_of_the_base_image() {
     let lab = NetLab::new("djail");
-    let sb =
-        tokio::task::block_in_place(|| docker::start_dockerd(Backend::Jail, &lab, RootDisk::Copy));
+    let sb = tokio::task::block_in_place(|| {
+        docker::start_dockerd(
+            Backend::Jail,
+            &lab,
+            RootDisk::Image(docker::docker_rootfs()),
+        )
+    });
     let c = sb.client().await;
     let (info, _) = wait_for_docker(&c).await.unwrap();
     assert!(info.contains("Storage Driver: overlay2"), "{info}");
