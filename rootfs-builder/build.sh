@@ -113,6 +113,17 @@ check_size() {
 }
 
 sha() { sha256sum | cut -c1-16; }
+
+# Every agent build makes a new image key, so old entries would fill the disk: keep
+# the N most recently used files matching a pattern (a cache hit refreshes the mtime).
+prune_cache() {
+	local keep=$1 pattern=$2
+	find "$cache" -maxdepth 1 -name "$pattern" -printf '%T@ %p\n' | sort -rn |
+		tail -n +$((keep + 1)) | cut -d' ' -f2- | while read -r stale; do
+		log "pruning stale cache entry $stale"
+		rm -f "$stale"
+	done
+}
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/.work.XXXXXX")
 # --one-file-system: never descend into anything debootstrap left mounted.
@@ -195,6 +206,7 @@ if [[ -z $from_dir && -z $from_tar ]]; then
 	fi
 	image_key=$({ cat "${BASH_SOURCE[0]}"; echo "$tar_key $size_mib"; [[ -z $agent ]] || sha256sum <"$agent"; } | sha)
 	if [[ -f $cache/image-$image_key.ext4 ]]; then
+		touch "$cache/image-$image_key.ext4"
 		cp --sparse=always "$cache/image-$image_key.ext4" "$out.tmp.$$"
 		mv -f "$out.tmp.$$" "$out"
 		log "cache hit $image_key: wrote $out"
@@ -203,6 +215,7 @@ if [[ -z $from_dir && -z $from_tar ]]; then
 	((EUID == 0)) || die "building the Debian image needs root (debootstrap); or use --from-dir"
 	from_tar=$cache/debian-$suite-${tar_key%% *}.tar
 	if [[ -f $from_tar ]]; then
+		touch "$from_tar"
 		log "debootstrap cache hit: $from_tar"
 	else
 		debian_tar "$from_tar"
@@ -294,6 +307,7 @@ fi
 if [[ -n $docker ]]; then
 	base_tar=$cache/docker-base-$suite-$docker_base_key.tar
 	if [[ -f $base_tar ]]; then
+		touch "$base_tar"
 		log "Docker base image cache hit: $base_tar"
 	else
 		docker_base_tar "$base_tar"
@@ -320,6 +334,10 @@ if [[ -n $image_key ]]; then
 	cp --sparse=always "$out.tmp.$$" "$cache/.image-$image_key.tmp"
 	mv -f "$cache/.image-$image_key.tmp" "$cache/image-$image_key.ext4"
 	log "cached as $cache/image-$image_key.ext4"
+	# Room for the plain and the Docker image of this checkout and one other.
+	prune_cache 4 'image-*.ext4'
+	prune_cache 2 'debian-*.tar'
+	prune_cache 2 'docker-base-*.tar'
 fi
 mv -f "$out.tmp.$$" "$out"
 log "wrote $out ($(du -h "$out" | cut -f1) used of ${size_mib} MiB)"
