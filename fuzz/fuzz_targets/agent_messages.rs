@@ -13,8 +13,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use agent::api::{self, exec_request};
-use agent::pb::{self, exec_input, exec_output, read_file_response, write_file_request};
+use vmm_protocol::api::{self, exec_request};
+use vmm_protocol::pb::{self, exec_input, exec_output, read_file_response, write_file_request};
 use agent::server::{exec, files, pty};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

@@ -1,7 +1,7 @@
 """An orchestrator's calls through the stock Python gRPC client (grpcio), with default
 channel options and a `unix:` target, against a sandbox's API socket.
 
-Run by tests/tests/python_client.rs with the stubs it generates from agent/proto on
+Run by tests/tests/python_client.rs with the stubs it generates from agent/protocol/proto on
 PYTHONPATH: python3 sandbox_client.py API_SOCKET
 """
 

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vmm::client::{Client, ClientError, ExecOutput};
+use vmm_client::{Client, ClientError, ExecOutput};
 
 use crate::netlab::{NetLab, HTTP_PORT, WORLD_NAME};
 use crate::sandbox::{repo_file, Backend, Networked, RootDisk, Sandbox};
@@ -170,12 +170,12 @@ pub async fn docker_build(
     tag: &str,
     mut on_line: impl FnMut(&str),
 ) -> Result<String, String> {
-    use agent::api::exec_event::Event;
+    use vmm_protocol::api::exec_event::Event;
     // The classic builder: one line per step and its output, as the seed's client prints.
     let script = format!("docker build -t {tag} {CONTEXT_DIR} 2>&1");
     let mut session = c
         .exec(
-            agent::pb::ExecStart {
+            vmm_protocol::pb::ExecStart {
                 argv: ["sh", "-c", &script].map(String::from).to_vec(),
                 env: [("DOCKER_BUILDKIT".to_string(), "0".to_string())].into(),
                 ..Default::default()
@@ -210,7 +210,7 @@ pub async fn docker_build(
                     all.push_str(&rest);
                 }
                 return match e.status {
-                    Some(agent::pb::exited::Status::Code(0)) => Ok(all),
+                    Some(vmm_protocol::pb::exited::Status::Code(0)) => Ok(all),
                     status => Err(format!("docker build ended with {status:?}:\n{all}")),
                 };
             }

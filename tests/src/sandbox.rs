@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmm::client::Client;
+use vmm_client::Client;
 
 use crate::jail::Jail;
 use crate::vmm_bin;
@@ -256,15 +256,15 @@ impl Sandbox {
     }
 
     /// Where the agent listens, for tests that bypass the supervisor.
-    pub fn agent_address(&self) -> agent::connect::Address {
+    pub fn agent_address(&self) -> vmm_protocol::connect::Address {
         match &self._jail {
-            Some(jail) => agent::connect::Address::Unix(jail.socket_path().to_path_buf()),
+            Some(jail) => vmm_protocol::connect::Address::Unix(jail.socket_path().to_path_buf()),
             None => {
                 let mut uds = self.api_socket.clone().into_os_string();
                 uds.push(".vsock");
-                agent::connect::Address::HybridVsock {
+                vmm_protocol::connect::Address::HybridVsock {
                     uds: uds.into(),
-                    port: agent::AGENT_VSOCK_PORT,
+                    port: vmm_protocol::AGENT_VSOCK_PORT,
                 }
             }
         }

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use vmm::client::Client;
+use vmm_client::Client;
 
 use vmm_tests::docker::{
     self, containers_talk_by_name, docker_build, docker_run, image_tags, sh_ok, wait_for_docker,
@@ -89,7 +89,7 @@ async fn tier3_dockerd_as_the_entrypoint_answers_docker_info_and_runs_the_base_i
         assert!(out.starts_with("hello from "), "{out}");
         // dockerd is the entrypoint: its output is the sandbox's log.
         let logs = c.logs("entrypoint", false).await.unwrap();
-        let logs = vmm::client::collect(logs).await.unwrap();
+        let logs = vmm_client::collect(logs).await.unwrap();
         let logs = docker::text(&logs.stdout) + &docker::text(&logs.stderr);
         assert!(logs.contains("API listen on"), "{logs}");
     })

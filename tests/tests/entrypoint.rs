@@ -112,7 +112,7 @@ async fn keep_running_outlives_it_and_status_shows_its_exit(backend: Backend) {
     };
     assert_eq!(
         exited.status,
-        Some(agent::pb::exited::Status::Signal(libc::SIGTERM))
+        Some(vmm_protocol::pb::exited::Status::Signal(libc::SIGTERM))
     );
     // The sandbox is still there.
     let out = c.run(&["echo", "still-here"], b"").await.unwrap();

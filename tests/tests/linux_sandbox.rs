@@ -6,9 +6,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
-use agent::api::exec_request;
-use agent::pb::{self, ExecStart};
-use vmm::client::{collect, request, Client, ExecOutput};
+use vmm_client::{collect, request, Client, ExecOutput};
+use vmm_protocol::api::exec_request;
+use vmm_protocol::pb::{self, ExecStart};
 use vmm_tests::sandbox::{skip_tier3, Backend, Sandbox};
 
 /// How long a guest may take to go down after it was asked to.

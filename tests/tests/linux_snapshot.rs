@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use vmm::client::{Client, ExecOutput};
+use vmm_client::{Client, ExecOutput};
 use vmm_tests::sandbox::{repo_file, skip_tier3, RootDisk, Sandbox};
 
 async fn start(root: RootDisk) -> Sandbox {
@@ -19,7 +19,7 @@ async fn sh(c: &Client, script: &str) -> String {
     let code = out.exited.as_ref().and_then(|e| e.status);
     assert_eq!(
         code,
-        Some(agent::pb::exited::Status::Code(0)),
+        Some(vmm_protocol::pb::exited::Status::Code(0)),
         "{script}\nstdout: {}\nstderr: {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -150,7 +150,7 @@ async fn tier3_kill_9_during_writes_leaves_a_clean_overlay_with_everything_synce
     };
     let mut a = start(root()).await;
     let ca = a.client().await;
-    let process = agent::pb::ExecStart {
+    let process = vmm_protocol::pb::ExecStart {
         argv: ["sh", "-c", WRITE_LOOP].map(String::from).to_vec(),
         ..Default::default()
     };
@@ -163,7 +163,7 @@ async fn tier3_kill_9_during_writes_leaves_a_clean_overlay_with_everything_synce
             .await
             .expect("events")
             .expect("output");
-        if let Some(agent::api::exec_event::Event::Stdout(out)) = event.event {
+        if let Some(vmm_protocol::api::exec_event::Event::Stdout(out)) = event.event {
             printed.push_str(&String::from_utf8_lossy(&out.data));
             let last = printed.lines().rev().find_map(|l| l.parse::<u32>().ok());
             if let Some(n) = last.filter(|&n| n >= 20) {
@@ -208,12 +208,12 @@ async fn guest_thaws_after_a_failed_seal_and_by_itself(sb: &Sandbox, c: &Client)
     // Frozen, this would wait for the agent's 10 s timeout.
     sh(c, "timeout 5 sh -c 'echo ok > /data/after-error && sync'").await;
 
-    let channel = agent::connect::channel(sb.agent_address())
+    let channel = vmm_protocol::connect::channel(sb.agent_address())
         .await
         .expect("connect to the agent");
-    let mut agent = agent::pb::agent_client::AgentClient::new(channel);
+    let mut agent = vmm_protocol::pb::agent_client::AgentClient::new(channel);
     let frozen = agent
-        .freeze(agent::pb::FreezeRequest {
+        .freeze(vmm_protocol::pb::FreezeRequest {
             disk_serial: "rootfs".into(),
             timeout_ms: 3000,
         })
@@ -222,7 +222,7 @@ async fn guest_thaws_after_a_failed_seal_and_by_itself(sb: &Sandbox, c: &Client)
         .into_inner();
     assert_eq!(frozen.mountpoints, ["/mnt/loop", "/"]);
     let again = agent
-        .freeze(agent::pb::FreezeRequest {
+        .freeze(vmm_protocol::pb::FreezeRequest {
             disk_serial: "rootfs".into(),
             timeout_ms: 3000,
         })
@@ -241,7 +241,7 @@ async fn guest_thaws_after_a_failed_seal_and_by_itself(sb: &Sandbox, c: &Client)
     tokio::time::sleep(Duration::from_secs(4)).await;
     sh(c, "timeout 5 touch /data/after-timeout").await;
     let thawed = agent
-        .thaw(agent::pb::ThawRequest {})
+        .thaw(vmm_protocol::pb::ThawRequest {})
         .await
         .expect("thaw")
         .into_inner();

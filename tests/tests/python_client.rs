@@ -4,7 +4,7 @@
 //! grpcio 1.57 and later send the socket path, percent-encoded, as `:authority`, which
 //! the HTTP/2 layer under the API server rejects unless the server fixes it
 //! (vmm/src/sandbox/server/h2_authority.rs). The stubs are generated here from
-//! agent/proto with grpcio-tools; the client is tests/python/sandbox_client.py. grpcio
+//! agent/protocol/proto with grpcio-tools; the client is tests/python/sandbox_client.py. grpcio
 //! comes from the venv that `make deps` (mk/python-grpcio.sh) installs: without it the
 //! test fails, it never skips.
 //!
@@ -44,7 +44,7 @@ fn text(bytes: &[u8]) -> String {
 fn stock_grpcio_over_unix_socket() {
     let python = python();
     let stubs = tempfile::tempdir().expect("temp dir");
-    let proto = repo_file("agent/proto");
+    let proto = repo_file("agent/protocol/proto");
     let generated = Command::new(&python)
         .args(["-m", "grpc_tools.protoc", "-I"])
         .arg(&proto)

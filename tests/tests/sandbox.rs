@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::api::{exec_event, exec_request};
-use agent::pb::{self, ExecStart, WindowSize};
 use sha2::{Digest, Sha256};
-use vmm::client::{collect, request, Client, ExecOutput};
+use vmm_client::{collect, request, Client, ExecOutput};
+use vmm_protocol::api::{exec_event, exec_request};
+use vmm_protocol::pb::{self, ExecStart, WindowSize};
 use vmm_tests::sandbox::{skip_tier3, Backend, Sandbox};
 
 macro_rules! e2e {
@@ -441,7 +441,7 @@ async fn garbage_on_the_api_and_agent_sockets(sb: Sandbox) {
     let _ = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut buf)).await;
     drop(raw);
     // The same at the agent's port, bypassing the supervisor.
-    let mut agent = agent::connect::open_stream(&sb.agent_address())
+    let mut agent = vmm_protocol::connect::open_stream(&sb.agent_address())
         .await
         .unwrap();
     agent.write_all(&[0x5a; 1000]).await.unwrap();
@@ -481,7 +481,7 @@ async fn exec_ids_are_checked_and_held_and_status_stays_small() {
     ] {
         let err = c.exec(argv(&["true"]), Some(bad.clone())).await.err();
         let code = match err {
-            Some(vmm::client::ClientError::Status(s)) => s.code(),
+            Some(vmm_client::ClientError::Status(s)) => s.code(),
             other => panic!("id of {} bytes: {other:?}", bad.len()),
         };
         assert_eq!(
@@ -500,7 +500,7 @@ async fn exec_ids_are_checked_and_held_and_status_stays_small() {
         (a, b) => panic!("both or neither started: {:?} {:?}", a.is_ok(), b.is_ok()),
     };
     assert!(
-        matches!(&loser, vmm::client::ClientError::Status(s) if s.code() == tonic::Code::AlreadyExists),
+        matches!(&loser, vmm_client::ClientError::Status(s) if s.code() == tonic::Code::AlreadyExists),
         "{loser:?}"
     );
     // Ten execs with argv near Linux's limit (~1.9 MiB each): more than Status's 16 MiB
@@ -660,7 +660,7 @@ async fn the_api_socket_refuses_other_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_is_reported_and_the_api_stays_up() {
-    use agent::api::status_response::State;
+    use vmm_protocol::api::status_response::State;
     let mut sb = tokio::task::spawn_blocking(|| Sandbox::start(Backend::Jail))
         .await
         .unwrap();
@@ -695,8 +695,8 @@ async fn a_killed_agent_is_reported_and_the_api_stays_up() {
 }
 
 /// Waits (at most 20 s) until Status reports `want`.
-async fn wait_for_state(c: &Client, want: agent::api::status_response::State) {
-    use agent::api::status_response::State;
+async fn wait_for_state(c: &Client, want: vmm_protocol::api::status_response::State) {
+    use vmm_protocol::api::status_response::State;
     for _ in 0..200 {
         if State::try_from(c.status().await.unwrap().state) == Ok(want) {
             return;
@@ -706,8 +706,8 @@ async fn wait_for_state(c: &Client, want: agent::api::status_response::State) {
     panic!("Status never said {want:?}");
 }
 
-fn is_unavailable(e: &vmm::client::ClientError) -> bool {
-    matches!(e, vmm::client::ClientError::Status(s) if s.code() == tonic::Code::Unavailable)
+fn is_unavailable(e: &vmm_client::ClientError) -> bool {
+    matches!(e, vmm_client::ClientError::Status(s) if s.code() == tonic::Code::Unavailable)
 }
 
 /// A silent agent (SIGSTOP, as a wedged guest would be) fails calls with UNAVAILABLE
@@ -716,7 +716,7 @@ fn is_unavailable(e: &vmm::client::ClientError) -> bool {
 /// before it stalled can be re-attached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_agent_fails_calls_fast_and_recovers() {
-    use agent::api::status_response::State;
+    use vmm_protocol::api::status_response::State;
     let sb = tokio::task::spawn_blocking(|| Sandbox::start(Backend::Jail))
         .await
         .unwrap();

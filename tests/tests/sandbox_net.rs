@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use vmm::client::{Client, ExecOutput};
+use vmm_client::{Client, ExecOutput};
 use vmm_tests::netlab::{NetLab, FAR, HOST_WAN, HTTP_PORT, WORLD, WORLD_NAME};
 use vmm_tests::sandbox::{skip_tier3, Backend, Networked, Sandbox};
 
@@ -80,7 +80,7 @@ async fn serve(c: &Client, port: u16, reply: &str) {
         format!("socat TCP-LISTEN:{port},fork,reuseaddr SYSTEM:'cat >/dev/null; echo {reply}'");
     let session = c
         .exec(
-            agent::pb::ExecStart {
+            vmm_protocol::pb::ExecStart {
                 argv: ["sh", "-c", &server].map(String::from).to_vec(),
                 ..Default::default()
             },

@@ -4,7 +4,6 @@
 pub mod arch;
 pub mod boot;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod console;
 pub mod device_manager;

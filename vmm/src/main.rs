@@ -437,8 +437,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 /// Runs a client command on a small runtime; errors become exit statuses.
 fn client_command<F, Fut>(api: &std::path::Path, f: F) -> i32
 where
-    F: FnOnce(vmm::client::Client) -> Fut,
-    Fut: std::future::Future<Output = Result<i32, vmm::client::ClientError>>,
+    F: FnOnce(vmm_client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<i32, vmm_client::ClientError>>,
 {
     let runtime = match cli::runtime() {
         Ok(r) => r,
@@ -493,7 +493,7 @@ fn supervise(args: SuperviseArgs) -> anyhow::Result<i32> {
     };
     let options = vmm::sandbox::Options {
         api_socket: args.api_sock,
-        agent: agent::connect::Address::Unix(args.agent_sock),
+        agent: vmm_protocol::connect::Address::Unix(args.agent_sock),
         lifetime: args.lifetime.map(Duration::from_secs),
         ready_fd: args.ready_fd,
         started: Instant::now(),

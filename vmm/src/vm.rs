@@ -226,9 +226,9 @@ fn start_supervisor(
         .expect("config validation adds a vsock device whenever the API is served");
     let options = crate::sandbox::Options {
         api_socket: api.socket.clone(),
-        agent: agent::connect::Address::HybridVsock {
+        agent: vmm_protocol::connect::Address::HybridVsock {
             uds: vsock.uds_path.clone(),
-            port: agent::AGENT_VSOCK_PORT,
+            port: vmm_protocol::AGENT_VSOCK_PORT,
         },
         lifetime: api.lifetime,
         ready_fd: api.ready_fd,

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use vmm::client::Client;
+use vmm_client::Client;
 use vmm_tests::docker::{
     self, containers_talk_by_name, docker_build, docker_run, image_tags, wait_for_docker, warnings,
     write_build_context, DEMO_TAG,

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use vmm::client::Client;
+use vmm_client::Client;
 use vmm_tests::docker::{
     self, sh_ok, wait_for_docker, write_build_context, BASE_IMAGE, CONTEXT_DIR,
 };

@@ -7,8 +7,8 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agent::api::exec_event;
-use agent::pb::ExecStart;
+use vmm_protocol::api::exec_event;
+use vmm_protocol::pb::ExecStart;
 use vmm_tests::sandbox::{vm_unavailable, Backend, Sandbox};
 
 const ROUND_TRIPS: usize = 1000;
@@ -68,9 +68,9 @@ struct RoundTrips {
 /// The three kinds of round trip, interleaved so that drift in the machine's speed
 /// affects each alike.
 async fn round_trips(sb: &Sandbox) -> RoundTrips {
-    use agent::pb::agent_client::AgentClient;
+    use vmm_protocol::pb::agent_client::AgentClient;
     let c = sb.client().await;
-    let channel = agent::connect::channel(sb.agent_address())
+    let channel = vmm_protocol::connect::channel(sb.agent_address())
         .await
         .expect("connect to the agent");
     let mut agent = AgentClient::new(channel);
@@ -99,9 +99,9 @@ async fn round_trips(sb: &Sandbox) -> RoundTrips {
 
 /// `exec true` on the agent's own API, until its exit arrives.
 async fn agent_exec_true(
-    agent: &mut agent::pb::agent_client::AgentClient<tonic::transport::Channel>,
+    agent: &mut vmm_protocol::pb::agent_client::AgentClient<tonic::transport::Channel>,
 ) {
-    use agent::pb::{exec_input, exec_output, ExecInput};
+    use vmm_protocol::pb::{exec_input, exec_output, ExecInput};
     let start = ExecInput {
         input: Some(exec_input::Input::Start(ExecStart {
             argv: vec!["true".into()],

@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::client::{Client, ClientError};
+use vmm_client::{Client, ClientError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {

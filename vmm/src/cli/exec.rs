@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use agent::api::{exec_event, exec_request};
-use agent::pb::{self, ExecStart, WindowSize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
+use vmm_protocol::api::{exec_event, exec_request};
+use vmm_protocol::pb::{self, ExecStart, WindowSize};
 use vmm_sys_util::terminal::Terminal;
 
-use crate::client::{request, Client, ClientError, ExecSession};
+use vmm_client::{request, Client, ClientError, ExecSession};
 
 pub struct ExecOptions {
     pub argv: Vec<String>,
@@ -72,7 +72,7 @@ pub async fn run(client: &Client, opts: ExecOptions) -> Result<i32, ClientError>
     relay_events(session).await
 }
 
-async fn forward_stdin(input: tokio::sync::mpsc::Sender<agent::api::ExecRequest>) {
+async fn forward_stdin(input: tokio::sync::mpsc::Sender<vmm_protocol::api::ExecRequest>) {
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -97,7 +97,10 @@ async fn forward_stdin(input: tokio::sync::mpsc::Sender<agent::api::ExecRequest>
 
 /// Without a PTY, our SIGINT/SIGTERM/SIGHUP go to the process; with one, window changes
 /// become resizes (Ctrl-C arrives as a byte through raw stdin).
-async fn forward_signals(input: tokio::sync::mpsc::Sender<agent::api::ExecRequest>, tty: bool) {
+async fn forward_signals(
+    input: tokio::sync::mpsc::Sender<vmm_protocol::api::ExecRequest>,
+    tty: bool,
+) {
     if tty {
         let Ok(mut winch) = signal(SignalKind::window_change()) else {
             return;

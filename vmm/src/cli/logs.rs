@@ -2,10 +2,10 @@
 
 use std::io::Write;
 
-use agent::api::exec_event;
+use vmm_protocol::api::exec_event;
 
-use crate::client::{Client, ClientError};
 use crate::sandbox::entrypoint::ENTRYPOINT_ID;
+use vmm_client::{Client, ClientError};
 
 /// Prints the entrypoint's stdout and stderr from the oldest byte kept; to its exit when
 /// following. Returns the exit status for `vmm logs` (0).

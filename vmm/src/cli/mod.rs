@@ -8,7 +8,7 @@ pub mod net;
 
 use std::path::Path;
 
-use crate::client::{Client, ClientError};
+use vmm_client::{Client, ClientError};
 
 /// Exit status of a client command that failed before or outside the process
 /// (connection, API or protocol errors), as `docker run` uses 125.
@@ -59,8 +59,8 @@ pub fn report(e: &ClientError) -> i32 {
 }
 
 /// `vmm status` output: the state line, then one line per exec.
-pub fn status_text(s: &agent::api::StatusResponse) -> String {
-    let state = agent::api::status_response::State::try_from(s.state)
+pub fn status_text(s: &vmm_protocol::api::StatusResponse) -> String {
+    let state = vmm_protocol::api::status_response::State::try_from(s.state)
         .map(|st| st.as_str_name().trim_start_matches("STATE_").to_lowercase())
         .unwrap_or_else(|_| "unknown".into());
     let mut out = format!(
@@ -72,8 +72,8 @@ pub fn status_text(s: &agent::api::StatusResponse) -> String {
     }
     for e in &s.execs {
         let end = match e.exited.as_ref().and_then(|x| x.status) {
-            Some(agent::pb::exited::Status::Code(c)) => format!("exited {c}"),
-            Some(agent::pb::exited::Status::Signal(n)) => format!("killed by signal {n}"),
+            Some(vmm_protocol::pb::exited::Status::Code(c)) => format!("exited {c}"),
+            Some(vmm_protocol::pb::exited::Status::Signal(n)) => format!("killed by signal {n}"),
             None if e.running => "running".to_string(),
             None => "lost".to_string(),
         };
@@ -106,7 +106,7 @@ fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agent::api::{ExecInfo, StatusResponse};
+    use vmm_protocol::api::{ExecInfo, StatusResponse};
 
     #[test]
     fn status_escapes_what_the_sandbox_chose() {

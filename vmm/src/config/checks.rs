@@ -58,7 +58,7 @@ pub(super) fn check_file(
         return Err(bad(
             what,
             path,
-            format!("is {}, not {expected}", agent::file_kind_name(kind)),
+            format!("is {}, not {expected}", vmm_protocol::file_kind_name(kind)),
         ));
     }
     let file = File::open(path).map_err(|e| bad(what, path, e.to_string()))?;

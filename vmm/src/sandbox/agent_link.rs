@@ -7,11 +7,11 @@ use std::os::fd::FromRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::api::status_response::State;
-use agent::connect::{Address, CONNECTION_WINDOW, STREAM_WINDOW};
-use agent::pb::agent_client::AgentClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
+use vmm_protocol::api::status_response::State;
+use vmm_protocol::connect::{Address, CONNECTION_WINDOW, STREAM_WINDOW};
+use vmm_protocol::pb::agent_client::AgentClient;
 
 use super::{thread_report, Supervisor};
 
@@ -33,7 +33,7 @@ pub fn client(address: Address) -> AgentClient<Channel> {
         .connect_with_connector_lazy(tower::service_fn(move |_| {
             let address = address.clone();
             async move {
-                agent::connect::open_stream(&address)
+                vmm_protocol::connect::open_stream(&address)
                     .await
                     .map(TokioIo::new)
             }
@@ -53,7 +53,8 @@ pub async fn watch(supervisor: Arc<Supervisor>) {
     let mut silent_since: Option<(Vec<thread_report::VcpuThread>, Instant)> = None;
     loop {
         let mut agent = supervisor.probe.clone();
-        let probe = tokio::time::timeout(PROBE_TIMEOUT, agent.ping(agent::pb::PingRequest {}));
+        let probe =
+            tokio::time::timeout(PROBE_TIMEOUT, agent.ping(vmm_protocol::pb::PingRequest {}));
         let failure = match probe.await {
             Ok(Ok(_)) if !announced && !network_configured => {
                 // The sandbox is ready once its network is, too (--net auto).
@@ -126,7 +127,7 @@ async fn configure_network(supervisor: &Supervisor) -> Result<(), String> {
     let Some(net) = &supervisor.options.network else {
         return Ok(());
     };
-    let request = agent::pb::NetworkConfig {
+    let request = vmm_protocol::pb::NetworkConfig {
         mac: crate::hostnet::mac_text(net.mac),
         address: net.address.to_string(),
         prefix_len: net.prefix_len.into(),

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use agent::api::StartExec;
-use agent::pb::{exited, ExecStart};
 use devices::bus::lock;
+use vmm_protocol::api::StartExec;
+use vmm_protocol::pb::{exited, ExecStart};
 
 use super::{EndCause, Supervisor, DEFAULT_GRACE};
 

@@ -5,12 +5,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use agent::api::{exec_event, ExecEvent, ExecStarted, Output};
-use agent::pb::{exec_output, ExecInput, ExecOutput, Exited};
 use devices::bus::lock;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
+use vmm_protocol::api::{exec_event, ExecEvent, ExecStarted, Output};
+use vmm_protocol::pb::{exec_output, ExecInput, ExecOutput, Exited};
 
 use super::exec_id::ExecTable;
 use super::output::{Budget, OutputError, OutputLog};

@@ -14,9 +14,9 @@ use super::output::Budget;
 /// Longest exec id a client may choose.
 pub const MAX_ID_LEN: usize = 128;
 /// Execs running (or starting) at once. Each holds an HTTP/2 stream to the agent, and the
-/// agent admits `agent::connect::MAX_STREAMS`; file transfers need streams too.
+/// agent admits `vmm_protocol::connect::MAX_STREAMS`; file transfers need streams too.
 pub const MAX_RUNNING_EXECS: usize = 512;
-const _: () = assert!(MAX_RUNNING_EXECS * 2 <= agent::connect::MAX_STREAMS as usize);
+const _: () = assert!(MAX_RUNNING_EXECS * 2 <= vmm_protocol::connect::MAX_STREAMS as usize);
 
 /// Ids are 1 to 128 of `A-Z a-z 0-9 . _ : @ -`: safe in a terminal, a file name, a URL.
 pub fn validate(id: &str) -> Result<(), Status> {

@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::api::status_response::State;
-use agent::connect::Address;
-use agent::pb::agent_client::AgentClient;
 use devices::bus::lock;
 use tonic::transport::Channel;
+use vmm_protocol::api::status_response::State;
+use vmm_protocol::connect::Address;
+use vmm_protocol::pb::agent_client::AgentClient;
 
 /// What the supervisor does with a client's exec request before it reaches the agent, and
 /// the log that keeps an exec's output for re-attach: public for the fuzz targets.
@@ -163,7 +163,7 @@ impl Supervisor {
         *lock(&self.end_cause) = Some(cause);
         lock(&self.health).state = State::Terminating;
         let mut agent = self.agent.clone();
-        let shutdown = agent.shutdown(agent::pb::ShutdownRequest {});
+        let shutdown = agent.shutdown(vmm_protocol::pb::ShutdownRequest {});
         match tokio::time::timeout(grace, shutdown).await {
             Ok(Ok(_)) => log::info!("agent synced and is shutting down"),
             // The guest powering off may cut the answer short: it synced first.

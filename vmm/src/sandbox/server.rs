@@ -7,16 +7,16 @@ mod h2_authority;
 use std::path::Path;
 use std::sync::Arc;
 
-use agent::api::sandbox_server::SandboxServer;
+use vmm_protocol::api::sandbox_server::SandboxServer;
 /// HTTP/2 windows toward API clients. Per client connection, what the clients send and
 /// the sandbox has not consumed yet (stdin of processes that do not read it) is bounded
 /// by the connection window.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
-use agent::socket::Socket;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
+use vmm_protocol::socket::Socket;
 
 use super::service::SandboxService;
 use super::Supervisor;

@@ -5,18 +5,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent::api::sandbox_server::Sandbox;
-use agent::api::{
-    exec_request, status_response::State, Attach, ExecEvent, ExecInfo, ExecRequest,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TerminateRequest,
-    TerminateResponse,
-};
-use agent::pb::{self, exec_input, ExecInput};
 use devices::bus::lock;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+use vmm_protocol::api::sandbox_server::Sandbox;
+use vmm_protocol::api::{
+    exec_request, status_response::State, Attach, ExecEvent, ExecInfo, ExecRequest,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, TerminateRequest,
+    TerminateResponse,
+};
+use vmm_protocol::pb::{self, exec_input, ExecInput};
 
 use super::exec::{attach, Exec, Offsets};
 use super::{EndCause, Supervisor, DEFAULT_GRACE};

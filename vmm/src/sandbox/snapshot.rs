@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent::api::{SnapshotRequest, SnapshotResponse};
-use agent::pb::{FreezeRequest, ThawRequest};
 use tonic::Status;
+use vmm_protocol::api::{SnapshotRequest, SnapshotResponse};
+use vmm_protocol::pb::{FreezeRequest, ThawRequest};
 
 use super::Supervisor;
 

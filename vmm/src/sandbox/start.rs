@@ -3,11 +3,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use agent::api::StartExec;
-use agent::pb::{self, exec_input, exec_output, ExecInput};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+use vmm_protocol::api::StartExec;
+use vmm_protocol::pb::{self, exec_input, exec_output, ExecInput};
 
 use super::exec::{pump, Exec};
 use super::service::summarize_argv;

@@ -1,20 +1,21 @@
-//! Rust client of the sandbox API (vmm.sandbox.v1), used by the CLI and the tests.
+//! Rust client of the sandbox API (vmm.sandbox.v1), used by the CLI, the tests and Rust
+//! orchestrators. It depends on the protocol crate only: no KVM, no agent.
 
 use std::path::Path;
 use std::time::Duration;
 
-use agent::api::sandbox_client::SandboxClient;
-use agent::api::{
-    exec_event, exec_request, Attach, ExecEvent, ExecRequest, ExecStarted, SnapshotRequest,
-    SnapshotResponse, StartExec, StatusRequest, StatusResponse, TerminateRequest,
-};
-use agent::connect::Address;
-use agent::pb::{self, ExecStart, Exited};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
+use vmm_protocol::api::sandbox_client::SandboxClient;
+use vmm_protocol::api::{
+    exec_event, exec_request, Attach, ExecEvent, ExecRequest, ExecStarted, SnapshotRequest,
+    SnapshotResponse, StartExec, StatusRequest, StatusResponse, TerminateRequest,
+};
+use vmm_protocol::connect::Address;
+use vmm_protocol::pb::{self, ExecStart, Exited};
 
 /// File transfer chunk size.
 const FILE_CHUNK: usize = 256 << 10;
@@ -27,7 +28,7 @@ pub enum ClientError {
     Connect {
         path: std::path::PathBuf,
         #[source]
-        source: agent::connect::ConnectError,
+        source: vmm_protocol::connect::ConnectError,
     },
     #[error("{}", .0.message())]
     Status(#[from] Status),
@@ -74,7 +75,7 @@ pub fn request(r: exec_request::Request) -> ExecRequest {
 
 impl Client {
     pub async fn connect(api_socket: &Path) -> Result<Self, ClientError> {
-        let channel = agent::connect::channel(Address::Unix(api_socket.to_path_buf()))
+        let channel = vmm_protocol::connect::channel(Address::Unix(api_socket.to_path_buf()))
             .await
             .map_err(|source| ClientError::Connect {
                 path: api_socket.to_path_buf(),

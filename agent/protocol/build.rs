@@ -1,4 +1,4 @@
-//! Generates the gRPC code for the agent and sandbox APIs from agent/proto.
+//! Generates the gRPC code for the agent and sandbox APIs from agent/protocol/proto.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::process::Command::new(std::env::var("PROTOC").unwrap_or_else(|_| "protoc".into()))
