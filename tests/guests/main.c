@@ -68,6 +68,11 @@ void guest_main(const u8 *zp)
 	} else if (token_is(t, "hang")) {
 		out("info ready\n");
 		halt_forever();
+	} else if (token_is(t, "spin")) {
+		/* Busy on its vCPU until killed: CPU-share tests measure what it gets. */
+		out("info ready\n");
+		for (;;)
+			__asm__ volatile("" ::: "memory");
 	} else {
 		out("fail test unknown mode\n");
 	}

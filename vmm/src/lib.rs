@@ -14,6 +14,8 @@ pub mod hostnet;
 pub mod machine;
 pub mod privileges;
 pub mod ready_fd;
+pub mod releaser;
+pub mod resources;
 pub mod sandbox;
 pub mod seccomp;
 pub mod signals;

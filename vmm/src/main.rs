@@ -112,6 +112,10 @@ enum Command {
     /// stderr). Needs root (CAP_NET_ADMIN).
     #[command(subcommand)]
     Net(cli::net::NetCommand),
+    /// Internal: the releaser of `--cgroup` (removes the cgroups a vmm created, once
+    /// that vmm has ended).
+    #[command(subcommand, hide = true)]
+    Resources(ResourcesCommand),
     /// End a sandbox: the guest syncs its disks and powers off.
     Terminate {
         #[command(flatten)]
@@ -247,6 +251,12 @@ impl SecurityArgs {
     }
 }
 
+#[derive(Subcommand)]
+enum ResourcesCommand {
+    /// Wait for stdin to end (the vmm that started us has ended), then remove DIRS.
+    Release { dirs: Vec<PathBuf> },
+}
+
 #[derive(Args)]
 struct ExecArgs {
     #[command(flatten)]
@@ -284,7 +294,8 @@ struct RunArgs {
     /// overlay, cpus, memory_mib, append, init, entrypoint (a list), keep_running,
     /// [[drives]] (path, read_only, id, overlay),
     /// [api] (socket, lifetime_secs), [vsock] (uds_path, guest_cid), [net] (mode =
-    /// "auto"|"tap"|"none", tap, mac, block_network, allow, publish).
+    /// "auto"|"tap"|"none", tap, mac, block_network, allow, publish), [resources]
+    /// (cgroup, cpu, cpu_limit).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Guest kernel: an ELF vmlinux (PVH entry used when present) or a bzImage.
@@ -359,6 +370,19 @@ struct RunArgs {
     /// ADDR, on every host address. Nothing else reaches the guest from outside.
     #[arg(long = "publish", value_name = "[ADDR:]HOSTPORT:GUESTPORT")]
     publish: Vec<String>,
+    /// Run in this cgroup (created if missing; removed at exit if vmm created it), a path
+    /// below the root of the cgroup hierarchy (v2, or v1's cpu and memory trees), with
+    /// memory.max = guest RAM + the VMM's own overhead. Needs write access there.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// With --cgroup: the cores this sandbox asks for (fractions allowed; default 1): its
+    /// CPU share under contention (cpu.weight 100 per core; v1: cpu.shares 1024 per
+    /// core). It may burst above it, up to its vCPUs, when the host is idle.
+    #[arg(long, value_name = "CORES", requires = "cgroup")]
+    cpu_request: Option<f64>,
+    /// With --cgroup: a hard cap in cores (cpu.max; v1: cpu.cfs_quota_us).
+    #[arg(long, value_name = "CORES", requires = "cgroup")]
+    cpu_limit: Option<f64>,
     /// Change the root directory to DIR before anything else: every path (the config
     /// file, kernel, disks, sockets, /dev/kvm) is then inside DIR. Needs CAP_SYS_CHROOT.
     #[arg(long, value_name = "DIR")]
@@ -409,10 +433,22 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             allow: args.allow,
             publish: args.publish,
         },
+        resources: vmm::config::ResourceFlags {
+            cgroup: args.cgroup,
+            cpu: args.cpu_request,
+            cpu_limit: args.cpu_limit,
+        },
         entrypoint: args.entrypoint,
         keep_running: args.keep_running,
     };
     let config = VmConfig::build(file, overrides)?;
+    if args.chroot.is_some() && config.resources.is_some() {
+        anyhow::bail!("--cgroup ([resources]) cannot be used with --chroot: the cgroup tree is outside the new root (place the vmm in its cgroup before the chroot)");
+    }
+    // First, so that every thread and helper process is accounted there.
+    if let Some(spec) = &config.resources {
+        vmm::resources::place(spec)?;
+    }
     if args.chroot.is_some()
         && config
             .net
@@ -602,6 +638,15 @@ fn main() -> ExitCode {
                 EXIT_SETUP_ERROR
             }
         },
+        Command::Resources(ResourcesCommand::Release { dirs }) => {
+            match vmm::resources::release_when_stdin_ends(&dirs) {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    eprintln!("vmm: {e}");
+                    EXIT_SETUP_ERROR
+                }
+            }
+        }
         Command::Terminate { api, grace } => client_command(&api.api_sock, |c| async move {
             c.terminate(Duration::from_secs(grace))
                 .await

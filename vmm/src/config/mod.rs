@@ -3,6 +3,7 @@
 
 mod checks;
 pub mod net;
+pub mod resources;
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ pub use checks::entrypoint as check_entrypoint;
 pub use checks::host_memory_mib;
 use checks::{check_file, check_kernel, check_socket_dir};
 pub use net::{Egress, NetBackend, NetFlags, NetSection, NetSpec, Publish};
+pub use resources::{ResourceFlags, ResourceSpec, ResourcesSection};
 
 use crate::arch::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
 pub use crate::virtio_slots::MAX_VIRTIO_DEVICES;
@@ -48,6 +50,8 @@ pub struct FileConfig {
     pub api: Option<ApiSection>,
     pub vsock: Option<VsockSection>,
     pub net: Option<NetSection>,
+    /// The cgroup placement and CPU request of the vmm process.
+    pub resources: Option<ResourcesSection>,
     /// The sandbox's main process (needs the API): started once the sandbox is ready.
     pub entrypoint: Option<Vec<String>>,
     /// The sandbox outlives its entrypoint (default: it ends with it).
@@ -150,6 +154,7 @@ pub struct Overrides {
     pub lifetime_secs: Option<u64>,
     pub ready_fd: Option<i32>,
     pub net: NetFlags,
+    pub resources: ResourceFlags,
     /// The command after `--` (replaces the file's `entrypoint`).
     pub entrypoint: Vec<String>,
     pub keep_running: bool,
@@ -171,12 +176,16 @@ pub struct VmConfig {
     pub init: InitMode,
     /// The NIC, if the VM has one.
     pub net: Option<NetSpec>,
+    /// Where the vmm process runs in the cgroup hierarchy, if anywhere in particular.
+    pub resources: Option<ResourceSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("network: {0}")]
     Net(String),
+    #[error("resources: {0}")]
+    Resources(String),
     #[error("entrypoint: {0}")]
     Entrypoint(&'static str),
     #[error("cannot read config file {path}: {source}")]
@@ -431,6 +440,7 @@ impl VmConfig {
             None => None,
         };
         let net = net::build(file.net, flags.net)?;
+        let resources = resources::build(file.resources, flags.resources, memory_mib)?;
         let devices = drives.len() + usize::from(vsock.is_some()) + usize::from(net.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDrives(drives.len()));
@@ -447,6 +457,7 @@ impl VmConfig {
             api,
             init: flags.init.or(file.init).unwrap_or_default(),
             net,
+            resources,
         };
         let len = config
             .kernel_cmdline(&crate::virtio_slots::tokens(config.virtio_device_count()))

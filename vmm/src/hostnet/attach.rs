@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 
 use devices::virtio::net::{Tap, TapError};
 use ipnet::Ipv4Net;
@@ -274,38 +274,23 @@ pub fn upstream_resolvers(resolv_conf: &Path) -> Result<Vec<SocketAddr>, HostNet
     Ok(servers)
 }
 
-/// `vmm net release --wait ADDRESS [--delete-link]` in its own process group (a Ctrl-C at
-/// the terminal must not stop it): it waits for its stdin to end, which happens when this
-/// process ends, however it ends. The pipe's write end is never closed here on purpose
-/// (it is close-on-exec, so no child of ours holds it): the kernel closes it at our end.
+/// `vmm net release --wait ADDRESS [--delete-link]`, which runs when this process ends
+/// (crate::releaser).
 fn spawn_releaser(vmm: &Path, address: Ipv4Addr, link: &LinkRequest) -> Result<(), HostNetError> {
-    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(vmm);
     cmd.args(["net", "release", "--wait", &address.to_string()]);
     if matches!(link, LinkRequest::Veth { .. }) {
         cmd.arg("--delete-link");
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(HostNetError::io(format!(
-            "start the releaser ({})",
-            vmm.display()
-        )))?;
-    let pipe: ChildStdin = child.stdin.take().expect("stdin was piped");
-    let _ = std::os::fd::IntoRawFd::into_raw_fd(pipe);
-    // Not waited for: it outlives us, and init reaps it.
-    drop::<Child>(child);
-    Ok(())
+    crate::releaser::spawn(cmd).map_err(HostNetError::io(format!(
+        "start the releaser ({})",
+        vmm.display()
+    )))
 }
 
 /// The releaser's side: waits for stdin to end, then removes the rules.
 pub fn release_when_stdin_ends(address: Ipv4Addr, delete_link: bool) -> Result<(), HostNetError> {
-    let mut sink = Vec::new();
-    // Nothing is ever written; read returns at end of file, or fails when stdin is broken.
-    let _ = io::Read::read_to_end(&mut io::stdin(), &mut sink);
+    crate::releaser::wait_for_stdin_to_end();
     let _lock = lock::take()?;
     gc::release(address, delete_link)
 }
