@@ -88,7 +88,10 @@ fn cpu_seconds(pid: u32) -> f64 {
         let fields: Vec<&str> = rest.split_whitespace().collect();
         // utime and stime are fields 14 and 15 of the line, 12th and 13th after ')'.
         for i in [11, 12] {
-            ticks += fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+            ticks += fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     ticks as f64 / ticks_per_second
@@ -171,8 +174,16 @@ fn cpu_shares_burst_cap_and_cleanup(label: &str) {
         "a core free: asked 0.25 got {:.2} cores; capped at 0.25 got {:.2}",
         cores[0], cores[1]
     );
-    assert!(cores[0] > 0.5, "no burst above the request: {:.2} cores", cores[0]);
-    assert!(cores[1] < 0.32, "the cap did not hold: {:.2} cores", cores[1]);
+    assert!(
+        cores[0] > 0.5,
+        "no burst above the request: {:.2} cores",
+        cores[0]
+    );
+    assert!(
+        cores[1] < 0.32,
+        "the cap did not hold: {:.2} cores",
+        cores[1]
+    );
 
     // memory.max = guest RAM + the VMM's overhead.
     let expected = (SPIN_MEMORY_MIB + vmm::resources::VMM_OVERHEAD_MIB) << 20;
@@ -305,7 +316,10 @@ fn bad_resource_settings_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     for (text, message) in [
         ("[resources]\ncpu = 2\n", "need a cgroup"),
-        ("[resources]\ncgroup = \"x\"\nweight = 5\n", "unknown field `weight`"),
+        (
+            "[resources]\ncgroup = \"x\"\nweight = 5\n",
+            "unknown field `weight`",
+        ),
     ] {
         let config = dir.path().join("vm.toml");
         std::fs::write(&config, format!("kernel = \"{TINY_ELF}\"\n{text}")).unwrap();

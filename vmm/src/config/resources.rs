@@ -148,14 +148,23 @@ mod tests {
             .unwrap();
         assert_eq!(spec.cgroup, PathBuf::from("sb/1"));
         assert_eq!(
-            (spec.cpu_millicores, spec.cpu_limit_millicores, spec.memory_mib),
+            (
+                spec.cpu_millicores,
+                spec.cpu_limit_millicores,
+                spec.memory_mib
+            ),
             (3000, Some(4000), 512)
         );
         let spec = build(None, flags(Some("x"), Some(0.25), None), 512)
             .unwrap()
             .unwrap();
-        assert_eq!((spec.cpu_millicores, spec.cpu_limit_millicores), (250, None));
-        let spec = build(None, flags(Some("x"), None, None), 512).unwrap().unwrap();
+        assert_eq!(
+            (spec.cpu_millicores, spec.cpu_limit_millicores),
+            (250, None)
+        );
+        let spec = build(None, flags(Some("x"), None, None), 512)
+            .unwrap()
+            .unwrap();
         assert_eq!(spec.cpu_millicores, 1000);
     }
 
@@ -172,7 +181,11 @@ mod tests {
         }
         for path in ["../escape", "a/../../b", "/", "."] {
             let e = build(None, flags(Some(path), None, None), 1024).unwrap_err();
-            assert!(e.to_string().starts_with(&format!("resources: cgroup {path}")), "{e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("resources: cgroup {path}")),
+                "{e}"
+            );
         }
     }
 }

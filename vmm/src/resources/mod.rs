@@ -103,10 +103,16 @@ pub fn place(spec: &ResourceSpec) -> Result<(), ResourcesError> {
             let cpu_dir = cpu.join(&spec.cgroup);
             write(&cpu_dir, "cpu.shares", &settings.shares.to_string())?;
             write(&cpu_dir, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
-            let quota = settings.quota_us.map_or("-1".to_string(), |q| q.to_string());
+            let quota = settings
+                .quota_us
+                .map_or("-1".to_string(), |q| q.to_string());
             write(&cpu_dir, "cpu.cfs_quota_us", &quota)?;
             let memory_dir = memory.join(&spec.cgroup);
-            write(&memory_dir, "memory.limit_in_bytes", &settings.memory_bytes.to_string())?;
+            write(
+                &memory_dir,
+                "memory.limit_in_bytes",
+                &settings.memory_bytes.to_string(),
+            )?;
             join(&cpu_dir)?;
             join(&memory_dir)?;
         }
@@ -171,7 +177,8 @@ fn make_v2(root: &Path, relative: &Path) -> Result<bool, ResourcesError> {
         let controls = read(&dir, "cgroup.subtree_control")?;
         let enabled = |c: &str| controls.split_whitespace().any(|x| x == c);
         if !(enabled("cpu") && enabled("memory")) {
-            write(&dir, "cgroup.subtree_control", "+cpu +memory").map_err(|e| match e {
+            write(&dir, "cgroup.subtree_control", "+cpu +memory").map_err(|e| {
+                match e {
                 ResourcesError::Cgroup { path, source, .. }
                     if source.raw_os_error() == Some(libc::EBUSY) =>
                 {
@@ -185,6 +192,7 @@ fn make_v2(root: &Path, relative: &Path) -> Result<bool, ResourcesError> {
                     }
                 }
                 other => other,
+            }
             })?;
         }
         dir.push(part);
@@ -259,11 +267,17 @@ mod tests {
         let one = Settings::of(&spec(1000, None, 1024));
         let three = Settings::of(&spec(3000, Some(3500), 1024));
         assert_eq!((one.weight, one.shares, one.quota_us), (100, 1024, None));
-        assert_eq!((three.weight, three.shares, three.quota_us), (300, 3072, Some(350_000)));
+        assert_eq!(
+            (three.weight, three.shares, three.quota_us),
+            (300, 3072, Some(350_000))
+        );
         assert_eq!(one.memory_bytes, (1024 + VMM_OVERHEAD_MIB) << 20);
         // The smallest request still gets the kernel's smallest valid values.
         let tiny = Settings::of(&spec(10, Some(10), 16));
-        assert_eq!((tiny.weight, tiny.shares, tiny.quota_us), (1, 10, Some(1000)));
+        assert_eq!(
+            (tiny.weight, tiny.shares, tiny.quota_us),
+            (1, 10, Some(1000))
+        );
         let huge = Settings::of(&spec(100_000, None, 16));
         assert_eq!(huge.weight, 10_000);
     }
