@@ -9,6 +9,8 @@
 #   make test       lint + unit + integration tests, then the real-Linux-guest tests
 #                   (tier 3; in the emulated KVM host where Linux cannot boot directly)
 #   make test-tier3 only the tier-3 tests
+#   make test-sdk   the Python SDK (sdk/python): mypy --strict, then its pytest suite
+#                   against sandboxes in the test jail (VMM_BIN=vmm_jail)
 #   make test-docker-tier3  the Docker build/network/snapshot stages in real VMs
 #   make bench      start-up/RSS and Linux boot against QEMU microvm, virtio-blk against
 #                   pread/pwrite, virtio-net tx against write(2) to a TAP, sandbox exec
@@ -36,7 +38,7 @@ TEST_PACKAGES := gcc qemu-system-x86 qemu-utils e2fsprogs protobuf-compiler cpio
 
 include mk/images.mk
 
-.PHONY: all build deps lint test test-tier3 test-docker-tier3 bench demo demo-docker demo-jail clean agent fuzz fuzz-deps
+.PHONY: all build deps lint test test-tier3 test-sdk test-docker-tier3 bench demo demo-docker demo-jail clean agent fuzz fuzz-deps
 
 # The images need the agent they run.
 rootfs rootfs-docker: agent
@@ -66,7 +68,21 @@ lint:
 test: deps lint rootfs-selftest agent kernel rootfs rootfs-docker
 	$(CARGO) build -p vmm
 	$(CARGO) test --workspace -- --test-threads=2 --skip tier3_ --skip tier3docker_
+	$(MAKE) --no-print-directory test-sdk
 	CARGO=$(CARGO) tests/run-tier3
+
+# The Python SDK: its venv (pytest, mypy and the SDK built from sdk/python, which
+# generates its gRPC client from agent/protocol/proto; cached in ~/.cache/vmm, the SDK
+# reinstalled when its sources change), mypy --strict on the installed package, then the
+# pytest suite against real sandboxes in the test jail: vmm_jail stands in for `vmm run`
+# (tests/src/bin/vmm_jail.rs). The same suite runs against VMs with VMM_BIN=.../vmm.
+SDK_VENV = $(or $(VMM_CACHE_DIR),$(HOME)/.cache/vmm)/python-sdk
+test-sdk: deps agent kernel rootfs
+	$(CARGO) build -p vmm -p vmm-tests --bin vmm --bin vmm_jail
+	mk/python-sdk.sh
+	cd sdk/python && $(SDK_VENV)/bin/mypy --config-file pyproject.toml -p vmm_sandbox
+	cd sdk/python && $(SDK_VENV)/bin/mypy --config-file pyproject.toml --python-version 3.11 tests tools
+	cd sdk/python && VMM_BIN=$(CURDIR)/target/debug/vmm_jail $(SDK_VENV)/bin/python -m pytest -q tests
 
 # Only the tier-3 tests.
 test-tier3: deps agent kernel rootfs rootfs-docker
