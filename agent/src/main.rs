@@ -15,7 +15,8 @@ const MMAP_THRESHOLD: libc::c_int = 4 << 20;
 fn main() -> ExitCode {
     // SAFETY: mallopt only changes allocator tuning; called before any other thread.
     unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
-    let args = match Args::parse(std::env::args_os().skip(1)) {
+    let pid1 = std::process::id() == 1;
+    let args = match Args::parse(std::env::args_os().skip(1), pid1) {
         Ok(a) => a,
         Err(ArgsError::Help) => {
             println!("{USAGE}");
@@ -29,6 +30,12 @@ fn main() -> ExitCode {
     logger::init();
     if let Err(e) = server::spawn::reserve_standard_fds() {
         log::warn!("cannot open /dev/null on descriptors 0-2: {e}");
+    }
+    if !args.ignored.is_empty() {
+        log::info!(
+            "ignoring what the kernel passed on to init: {}",
+            args.ignored.join(" ")
+        );
     }
     let is_init = args.is_init(std::process::id());
     log::info!(

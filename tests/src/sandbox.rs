@@ -185,8 +185,7 @@ impl Sandbox {
                     .arg("--kernel")
                     .arg(repo_file("build/vmlinux"))
                     .args(["--cpus", "2", "--memory-mib", &memory_mib.to_string()]);
-                // For debugging a guest: e.g. `nokaslr`, so that the RIPs of an L1 trace
-                // (tests/nested/run's VMM_NESTED_TRACE) match build/vmlinux's symbols.
+                // For debugging a guest: extra kernel arguments, e.g. `ignore_loglevel`.
                 if let Some(args) = std::env::var_os("VMM_TEST_GUEST_APPEND") {
                     cmd.arg("--append").arg(args);
                 }

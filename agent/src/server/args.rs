@@ -28,6 +28,10 @@ pub struct Args {
     pub hostname: Option<String>,
     /// pids.max of the sandbox cgroup (default: the kernel's task limit less a reserve).
     pub sandbox_pids_max: Option<u64>,
+    /// Words that are not flags, ignored as PID 1: the kernel hands init every word of
+    /// its command line that it does not know (a user's `append`, e.g. `nokaslr` on a
+    /// kernel booted without the decompressor that knows it).
+    pub ignored: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,7 +62,9 @@ pub const USAGE: &str = "usage: vmm-agent [--vsock-port N] [--unix PATH] [--init
 Log level: VMM_AGENT_LOG=error|warn|info|debug|trace (default info).";
 
 impl Args {
-    pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Args, ArgsError> {
+    /// Parses the arguments of an agent that is (`pid1`) or is not the init process.
+    pub fn parse<I: IntoIterator<Item = OsString>>(args: I, pid1: bool) -> Result<Args, ArgsError> {
+        let mut ignored = Vec::new();
         let mut vsock = None;
         let mut unix = None;
         let mut init = InitMode::Auto;
@@ -131,6 +137,7 @@ impl Args {
                     init = mode;
                 }
                 "-h" | "--help" => return Err(ArgsError::Help),
+                _ if pid1 && !arg.starts_with('-') => ignored.push(arg),
                 _ => return Err(ArgsError::Unknown(arg)),
             }
         }
@@ -144,6 +151,7 @@ impl Args {
             init,
             hostname,
             sandbox_pids_max,
+            ignored,
         })
     }
 
@@ -162,7 +170,24 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Args, ArgsError> {
-        Args::parse(args.iter().map(OsString::from))
+        Args::parse(args.iter().map(OsString::from), false)
+    }
+
+    #[test]
+    fn as_init_the_kernels_leftover_words_are_ignored_but_unknown_flags_are_not() {
+        let words = ["nokaslr", "--hostname", "sb", "quiet-ish"].map(OsString::from);
+        let a = Args::parse(words.clone(), true).unwrap();
+        assert_eq!(a.ignored, ["nokaslr", "quiet-ish"]);
+        assert_eq!(a.hostname.as_deref(), Some("sb"));
+        assert_eq!(
+            Args::parse(words, false).unwrap_err(),
+            ArgsError::Unknown("nokaslr".into())
+        );
+        let flag = ["--bogus"].map(OsString::from);
+        assert_eq!(
+            Args::parse(flag, true).unwrap_err(),
+            ArgsError::Unknown("--bogus".into())
+        );
     }
 
     #[test]
