@@ -84,13 +84,15 @@ test-sdk: deps agent kernel rootfs
 	cd sdk/python && $(SDK_VENV)/bin/mypy --config-file pyproject.toml --python-version 3.11 tests tools
 	cd sdk/python && VMM_BIN=$(CURDIR)/target/debug/vmm_jail $(SDK_VENV)/bin/python -m pytest -q tests
 
-# Only the tier-3 tests.
+# Only the tier-3 tests (tests/tests/python_sdk.rs uses the SDK's venv).
 test-tier3: deps agent kernel rootfs rootfs-docker
+	mk/python-sdk.sh
 	CARGO=$(CARGO) tests/run-tier3
 
 # The Docker stages in real VMs (build, user network, snapshot; see tests/tests/docker.rs
 # for why `make test` runs only the first Docker stage in the emulated KVM host).
 test-docker-tier3: deps agent kernel rootfs-docker
+	mk/python-sdk.sh
 	CARGO=$(CARGO) tests/run-tier3 tier3docker_
 
 # Linux boot against QEMU microvm runs where Linux boots: here, or in the emulated host.

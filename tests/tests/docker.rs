@@ -8,8 +8,12 @@
 //! not in `make test`: under their container load, the emulated KVM host's own kernel
 //! crashed in about 1 of 3 runs here (a corrupted GS base in its KVM_RUN thread, so a
 //! page fault recursed into the stack guard page; or its guest triple-faulted), which a
-//! single retry does not make reliable. Where Linux boots directly, they are ordinary
-//! tier-3 tests.
+//! single retry does not make reliable. An L1 trace (VMM_NESTED_TRACE) of one such crash
+//! showed L1's KVM injecting #PF 0x10 (a kernel instruction fetch from a page it found
+//! not present) into the guest about 50 000 times in 30 s before L1 reset: QEMU's TCG
+//! SVM has neither nrip-save nor decode assists, so KVM walks the guest's page tables
+//! to fetch every instruction it skips or emulates, and that walk fails there. Where
+//! Linux boots directly, they are ordinary tier-3 tests.
 
 use std::time::Duration;
 

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .filesystem import FileEntry, Filesystem
 from .image import Image
+from .output import enable_output
 from .process import ContainerProcess, StreamReader, StreamWriter
 from .sandbox import Sandbox
 
@@ -59,6 +60,7 @@ __all__ = [
     "SandboxTimeoutError",
     "SnapshotError",
     "StreamReader",
+    "enable_output",
     "StreamWriter",
 ]
 __version__ = "0.1.0"

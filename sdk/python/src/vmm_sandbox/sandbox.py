@@ -26,6 +26,7 @@ from typing import Any, Literal, overload
 import grpc
 
 from . import _config, _launch, _locate, _registry, errors
+from .output import progress
 from ._proto import agent_pb2, sandbox_pb2
 from ._rpc import UNARY_TIMEOUT, connect, translate
 from .filesystem import Filesystem
@@ -135,6 +136,10 @@ class Sandbox:
             cgroup=cgroup_of(entry.sandbox_id),
         )
         started = time.monotonic()
+        progress(
+            f"creating sandbox {entry.sandbox_id}: {cpus} vCPUs (asks for {cpu} cores), "
+            f"{memory_mib} MiB, image {root.path}"
+        )
         process, read_end = _launch.spawn(vmm, entry, config.to_toml())
         try:
             pid = _launch.vmm_pid(entry, process)
@@ -167,6 +172,7 @@ class Sandbox:
             os.close(read_end)
         sandbox._meta["ready_ms"] = info.get("ready_ms")
         sandbox._meta["create_s"] = time.monotonic() - started
+        progress(f"sandbox {entry.sandbox_id} ready in {sandbox._meta['create_s']:.1f} s")
         entry.write_metadata(sandbox._meta)
         if args:
             # Attach now: the entrypoint's output from its first byte stays readable in
