@@ -16,7 +16,9 @@
 #                   pread/pwrite, virtio-net tx against write(2) to a TAP, sandbox exec
 #                   and streams, TCP out of a sandbox (--net auto) against a veth,
 #                   dockerd start to ready, the demo image's build, snapshot pauses
-#                   with /var/lib/docker populated against the base image only
+#                   with /var/lib/docker populated against the base image only, the
+#                   Python SDK's create -> ready and exec round trip (against the CLI
+#                   and the raw gRPC client)
 #   make demo       the loop-mount example in a real VM (inside the emulated KVM host
 #                   where Linux cannot boot directly; it says which)
 #   make demo-jail  the same example in the test jail
@@ -103,6 +105,8 @@ bench: deps agent kernel rootfs rootfs-docker
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/startup_bench
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/sandbox_bench
 	VMM_BIN=$(CURDIR)/target/release/vmm $(CURDIR)/target/release/snapshot_bench
+	mk/python-sdk.sh
+	VMM_BIN=$(CURDIR)/target/release/vmm_jail $(SDK_VENV)/bin/python sdk/python/tools/bench.py
 	@if target/release/vmm doctor --json | grep -q '"linux_guests_boot":true'; then \
 		VMM_BIN=$(CURDIR)/target/release/vmm target/release/boot_bench; \
 		VMM_BIN=$(CURDIR)/target/release/vmm target/release/snapshot_bench --linux; \

@@ -115,11 +115,17 @@ impl NetLab {
     }
 
     /// A command that runs `program` in the host namespace, with the lab's resolv.conf
-    /// as /etc/resolv.conf; the program keeps the command's pid.
+    /// as /etc/resolv.conf; the program keeps the command's pid. (`ip netns exec` mounts
+    /// a sysfs of the namespace's own, without the cgroup tree under it: a cgroup v2 tree
+    /// is mounted again, for `vmm run --cgroup`.)
     pub fn host_command(&self, program: &Path) -> Command {
         let mut cmd = Command::new(IP);
         cmd.args(["netns", "exec", &self.host, "sh", "-c"])
-            .arg("mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"")
+            .arg(
+                "if [ -e /proc/1/root/sys/fs/cgroup/cgroup.controllers ]; then \
+                   mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit; fi; \
+                 mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"",
+            )
             .arg(self.dir.path().join("resolv.conf"))
             .arg(program);
         cmd

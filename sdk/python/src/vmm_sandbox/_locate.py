@@ -96,8 +96,22 @@ def default_image() -> Path:
 def cgroup_parent() -> str | None:
     """The cgroup under which each sandbox's vmm gets its own (for its CPU share and
     memory limit): $VMM_CGROUP_PARENT (empty: no placement); else `vmm-sandboxes` when
-    running as root, who may write the cgroup tree; else none."""
+    running as root, who may write the cgroup tree, on a host whose /sys/fs/cgroup has
+    the cpu and memory controllers (cgroup v2, or v1's cpu and memory trees); else none.
+    (vmm itself refuses a cgroup it cannot use: an explicit parent fails loudly.)"""
     value = os.environ.get(CGROUP_VAR)
     if value is not None:
         return value.strip("/") or None
-    return DEFAULT_CGROUP_PARENT if os.geteuid() == 0 else None
+    if os.geteuid() != 0 or not _has_cpu_and_memory_controllers(Path("/sys/fs/cgroup")):
+        return None
+    return DEFAULT_CGROUP_PARENT
+
+
+def _has_cpu_and_memory_controllers(root: Path) -> bool:
+    try:
+        unified = (root / "cgroup.controllers").read_text().split()
+    except OSError:
+        return (root / "cpu" / "cpu.shares").is_file() and (
+            root / "memory" / "memory.limit_in_bytes"
+        ).is_file()
+    return "cpu" in unified and "memory" in unified
