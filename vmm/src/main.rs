@@ -237,7 +237,7 @@ struct SecurityArgs {
     #[arg(long, value_enum, value_name = "MODE", default_value_t)]
     seccomp: vmm::seccomp::Mode,
     /// A policy file in seccompiler's JSON format (keys: main, vcpu, devices,
-    /// supervisor, signals) instead of the built-in one.
+    /// supervisor, signals, hostnet) instead of the built-in one.
     #[arg(long, value_name = "FILE")]
     seccomp_filter: Option<PathBuf>,
 }
