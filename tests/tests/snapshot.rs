@@ -403,3 +403,81 @@ fn kill_9_mid_write_leaves_a_consistent_overlay_with_everything_flushed() {
         "pass {flushed} was flushed, the overlay holds {cut}"
     );
 }
+
+/// A data drive as a sandbox platform attaches one: a qcow2 base that is never written,
+/// the writes on its `overlay=`, a live snapshot of that drive by its id, and the
+/// snapshot flattened into a self-contained qcow2 image that boots with the same content.
+#[test]
+fn a_qcow2_drive_with_an_overlay_is_snapshotted_by_id_and_flattens_to_qcow2() {
+    let dir = Dir::new();
+    let base = dir.join("data-base.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&base)
+        .arg(DISK_BYTES.to_string())
+        .status()
+        .expect("qemu-img runs");
+    assert!(made.success());
+    let base_before = fs::read(&base).unwrap();
+    let overlay = dir.join("data-overlay.qcow2");
+    let api = dir.join("api.sock");
+    // The only disk, so the pattern writer writes to it.
+    let mut vm = Vmm::guest(TINY_ELF, &format!("blkwrite sectors={SECTORS}"))
+        .env("TMPDIR", dir.join("tmp"))
+        .drive(format!(
+            "{},id=data,overlay={}",
+            base.display(),
+            overlay.display()
+        ))
+        .flag("--api-sock", &api)
+        .spawn();
+    wait_for_pass(&mut vm, 2);
+    let snap = dir.join("data-snap.qcow2");
+    let reply = snapshot(&[
+        "--no-freeze",
+        "--api-sock",
+        api.to_str().unwrap(),
+        "--drive",
+        "data",
+        snap.to_str().unwrap(),
+    ]);
+    assert_eq!(reply["path"], snap.to_str().unwrap());
+    let at_snapshot = passes(&vm);
+    wait_for_pass(&mut vm, at_snapshot + 2);
+    end(vm, &api);
+    assert_eq!(
+        fs::read(&base).unwrap(),
+        base_before,
+        "the base was written"
+    );
+
+    // Flattened to qcow2: no backing file, the same content as the snapshot's chain.
+    let flat = dir.join("flat.qcow2");
+    Vmm::raw(["image", "flatten", "--format", "qcow2"])
+        .arg(&snap)
+        .arg(&flat)
+        .run()
+        .assert_code(0);
+    let info = Vmm::raw(["image", "info", "--json"]).arg(&flat).run();
+    info.assert_code(0);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(
+        info["layers"].as_array().map(Vec::len),
+        Some(1),
+        "a flattened image has no backing chain: {info}"
+    );
+    let compare = std::process::Command::new("qemu-img")
+        .arg("compare")
+        .arg(&snap)
+        .arg(&flat)
+        .output()
+        .expect("qemu-img runs");
+    assert!(
+        compare.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compare.stdout)
+    );
+    let scanned = runs(&dir.guest("blkscan", &flat, None).run());
+    let cut = assert_one_cut(&scanned);
+    assert!(cut >= 2 && cut <= at_snapshot, "cut at pass {cut}");
+}
