@@ -481,3 +481,39 @@ fn a_qcow2_drive_with_an_overlay_is_snapshotted_by_id_and_flattens_to_qcow2() {
     let cut = assert_one_cut(&scanned);
     assert!(cut >= 2 && cut <= at_snapshot, "cut at pass {cut}");
 }
+
+/// `overlay =` in a config file creates the overlay (relative to the file) and leaves the
+/// base unwritten; a snapshot booted with `--overlay` of its own keeps that overlay and
+/// never changes.
+#[test]
+fn a_config_files_overlay_and_a_snapshot_booted_on_an_overlay_of_its_own() {
+    let dir = Dir::new();
+    let base = dir.base();
+    let config = dir.join("vm.toml");
+    fs::write(
+        &config,
+        format!(
+            "kernel = \"{TINY_ELF}\"\nrootfs = \"base.img\"\noverlay = \"sb.qcow2\"\n\
+             memory_mib = 128\nappend = \"test=blkwrite passes=2 sectors={SECTORS}\"\n"
+        ),
+    )
+    .unwrap();
+    Vmm::raw(["run", "--config"])
+        .arg(&config)
+        .env("TMPDIR", dir.join("tmp"))
+        .run()
+        .assert_passed();
+    let overlay = dir.join("sb.qcow2");
+    assert!(overlay.is_file(), "the config's overlay was not created");
+    assert_eq!(fs::read(&base).unwrap(), vec![0u8; DISK_BYTES as usize]);
+
+    let snap = dir.join("snap.qcow2");
+    snapshot(&["--disk", overlay.to_str().unwrap(), snap.to_str().unwrap()]);
+    let sealed = fs::read(&snap).unwrap();
+    let own = dir.join("own.qcow2");
+    let scanned = dir.guest("blkscan", &snap, Some(&own)).run();
+    assert_eq!(assert_one_cut(&runs(&scanned)), 2);
+    assert!(own.is_file(), "the snapshot's own overlay is kept");
+    assert_eq!(fs::read(&snap).unwrap(), sealed, "the snapshot changed");
+    assert!(dir.leftovers().is_empty(), "{:?}", dir.leftovers());
+}
