@@ -145,6 +145,61 @@ fn a_syscall_outside_its_threads_filter_kills_the_vmm_with_sigsys() {
     }
 }
 
+/// The sixth thread kind, `hostnet`, runs only with `--net auto`: the same VM on a lab's
+/// network, once without epoll waits for it (killed) and once with the built-in policy
+/// (the control: it runs until stopped).
+#[test]
+fn the_hostnet_threads_filter_is_enforced_as_well() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = vmm_tests::netlab::NetLab::new("seccomp");
+    let run = |policy: &Path| {
+        let mut cmd = lab.host_command(&vmm_tests::vmm_bin());
+        cmd.args(["run", "--kernel", TINY_ELF, "--memory-mib", "128"])
+            .args(["--append", "test=hang", "--net", "auto", "--seccomp-filter"])
+            .arg(policy)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("vmm starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Still running: the control. SIGTERM ends it as a stop signal.
+        send_sigterm(child.id());
+        child.wait().unwrap();
+        None
+    };
+    let killed = run(&policy_without(
+        dir.path(),
+        "hostnet",
+        &["epoll_wait", "epoll_pwait"],
+    ));
+    // ip netns exec's shell execs the vmm: its status is the vmm's.
+    assert_eq!(
+        killed.and_then(|s| s.signal()),
+        Some(libc::SIGSYS),
+        "hostnet without epoll waits: {killed:?}"
+    );
+    assert_eq!(
+        run(&repo_file("vmm/src/seccomp/x86_64.json")),
+        None,
+        "the built-in policy as a file must run the VM"
+    );
+}
+
+/// SIGTERM to a process this test spawned, through kill(1).
+fn send_sigterm(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(ok.success());
+}
+
 /// The control for the test above: the built-in policy, as a file, runs the same VM.
 #[test]
 fn the_built_in_policy_as_a_file_runs_the_vm() {
