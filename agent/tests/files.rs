@@ -434,6 +434,11 @@ async fn special_files_are_refused_and_left_alone() {
         .await
         .unwrap_err();
     assert!(e.message().contains("procfs"), "{}", e.message());
+    // A read-only attribute, so nothing could change even if the refusal failed.
+    let e = write(&mut c, "/sys/kernel/uevent_seqnum", 0, false, b"x")
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("sysfs"), "{}", e.message());
 
     write(&mut c, &p(&agent, "big"), 0, false, &vec![7u8; 1 << 20])
         .await
