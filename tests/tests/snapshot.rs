@@ -517,3 +517,52 @@ fn a_config_files_overlay_and_a_snapshot_booted_on_an_overlay_of_its_own() {
     assert_eq!(fs::read(&snap).unwrap(), sealed, "the snapshot changed");
     assert!(dir.leftovers().is_empty(), "{:?}", dir.leftovers());
 }
+
+/// A chain that loops, layers of different virtual sizes, and a damaged backing file are
+/// each refused by `vmm run` before the guest runs, naming the file at fault.
+#[test]
+fn bad_chains_are_refused_before_boot_naming_the_file() {
+    let dir = Dir::new();
+    let qemu_img = |args: &[&str]| {
+        let out = std::process::Command::new("qemu-img")
+            .args(args)
+            .output()
+            .expect("qemu-img runs");
+        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    };
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let refused = |image: &str, mentions: &str| {
+        let out = dir.guest("blk", Path::new(image), None).run();
+        out.assert_code(1).assert_stderr_mentions(mentions);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("info "),
+            "the guest ran: {out}"
+        );
+    };
+
+    // a -> b -> a (qemu-img rebase -u rewrites the backing name without checking it).
+    let (a, b) = (path("a.qcow2"), path("b.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &b, "1M"]);
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", &b, "-F", "qcow2", &a]);
+    qemu_img(&["rebase", "-u", "-f", "qcow2", "-b", &a, "-F", "qcow2", &b]);
+    refused(&a, "loops");
+
+    // A 2 MiB overlay on a 1 MiB base.
+    let (small, big) = (path("small.qcow2"), path("big.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &small, "1M"]);
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", &small, "-F", "qcow2", &big, "2M",
+    ]);
+    refused(&big, "small.qcow2");
+
+    // A backing file whose qcow2 header is damaged (its L1 table far beyond the file).
+    let (damaged, top) = (path("damaged.qcow2"), path("top.qcow2"));
+    qemu_img(&["create", "-q", "-f", "qcow2", &damaged, "1M"]);
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-b", &damaged, "-F", "qcow2", &top,
+    ]);
+    let mut header = fs::read(&damaged).unwrap();
+    header[40..48].copy_from_slice(&(1u64 << 50).to_be_bytes()); // l1_table_offset
+    fs::write(&damaged, header).unwrap();
+    refused(&top, "damaged.qcow2");
+}
