@@ -566,3 +566,37 @@ fn bad_chains_are_refused_before_boot_naming_the_file() {
     fs::write(&damaged, header).unwrap();
     refused(&top, "damaged.qcow2");
 }
+
+/// Live snapshots stack up to the chain limit (16 layers); the next one is refused,
+/// naming `vmm image flatten`, and the sandbox goes on writing.
+#[test]
+fn live_snapshots_stop_at_the_chain_limit_and_name_flatten() {
+    let dir = Dir::new();
+    let base = dir.base();
+    let overlay = dir.join("sandbox.qcow2");
+    let api = dir.join("api.sock");
+    let mut vm = dir
+        .guest("blkwrite", &base, Some(&overlay))
+        .flag("--api-sock", &api)
+        .spawn();
+    wait_for_pass(&mut vm, 1);
+    let take = |n: usize| {
+        let snap = dir.join(&format!("snap{n}.qcow2"));
+        Vmm::raw(["snapshot", "--no-freeze", "--api-sock"])
+            .arg(&api)
+            .arg(&snap)
+            .run()
+    };
+    // base + overlay = 2 layers; each snapshot adds one, up to 16.
+    for n in 1..=14 {
+        take(n).assert_code(0);
+    }
+    let out = take(15);
+    out.assert_code(125)
+        .assert_stderr_mentions("more than 16")
+        .assert_stderr_mentions("vmm image flatten");
+    assert!(!dir.join("snap15.qcow2").exists());
+    let now = passes(&vm);
+    wait_for_pass(&mut vm, now + 2);
+    end(vm, &api);
+}
