@@ -279,3 +279,32 @@ async fn tier3_a_fork_bomb_fills_only_the_sandbox_cgroup() {
     let out = sh(&c, "echo forks again").await;
     assert_eq!(text(&out.stdout), "forks again\n");
 }
+
+/// A memory hog in an exec is OOM-killed inside the sandbox group (at its memory.max,
+/// which leaves the agent's reserve), and the agent, outside that group, keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier3_a_memory_hog_is_oom_killed_inside_the_sandbox_cgroup() {
+    if skip_tier3("a_memory_hog_is_oom_killed_inside_the_sandbox_cgroup") {
+        return;
+    }
+    let sb = start_sized(512, &[]).await;
+    let c = sb.client().await;
+    let group = "/sys/fs/cgroup/vmm-sandbox";
+    // tail keeps the one endless "line" of /dev/zero in memory until it is killed.
+    let out = c.run(&["tail", "/dev/zero"], b"").await.unwrap();
+    assert_eq!(
+        out.exited.unwrap().status,
+        Some(pb::exited::Status::Signal(libc::SIGKILL)),
+        "the hog was not killed: {}",
+        text(&out.stderr)
+    );
+    let events = read_text(&c, &format!("{group}/memory.events")).await;
+    let oom_kills: u64 = events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(oom_kills >= 1, "no OOM kill in the sandbox group: {events}");
+    let out = sh(&c, "echo still serving").await;
+    assert_eq!(text(&out.stdout), "still serving\n");
+}
