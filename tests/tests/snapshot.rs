@@ -2,6 +2,7 @@
 //! (test=blkwrite) keeps writing while its disk is snapshotted, and a second VM booted
 //! from the snapshot reads exactly the disk as it was then (test=blkscan).
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,19 @@ impl Dir {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
     }
+}
+
+/// Runs `qemu-img ARGS` and asserts that it succeeded (a check or compare finds nothing).
+fn qemu_img<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(args: I) {
+    let mut cmd = std::process::Command::new("qemu-img");
+    cmd.args(args);
+    let out = cmd.output().expect("qemu-img runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `vmm snapshot --json ...`; the JSON object it printed.
@@ -197,16 +211,7 @@ fn a_live_snapshot_holds_the_disk_as_it_was_while_the_guest_keeps_writing() {
     let later = assert_one_cut(&runs(&resumed));
     assert!(later >= at_snapshot + 2, "the overlay ends at pass {later}");
     for image in [&snap, &overlay] {
-        let check = std::process::Command::new("qemu-img")
-            .arg("check")
-            .arg(image)
-            .output()
-            .expect("qemu-img runs");
-        assert!(
-            check.status.success(),
-            "{}",
-            String::from_utf8_lossy(&check.stdout)
-        );
+        qemu_img([OsStr::new("check"), image.as_os_str()]);
     }
     assert_eq!(
         fs::read(&base).unwrap(),
@@ -349,14 +354,20 @@ fn overlays_resume_only_on_their_base_and_images_name_their_faults() {
 
     // A missing backing file is named before the guest boots.
     let orphan = dir.join("orphan.qcow2");
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-u", "-f", "qcow2", "-F", "raw", "-b"])
-        .arg(dir.join("gone.img"))
-        .arg(&orphan)
-        .arg("1M")
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let gone = dir.join("gone.img");
+    qemu_img([
+        OsStr::new("create"),
+        OsStr::new("-q"),
+        OsStr::new("-u"),
+        OsStr::new("-f"),
+        OsStr::new("qcow2"),
+        OsStr::new("-F"),
+        OsStr::new("raw"),
+        OsStr::new("-b"),
+        gone.as_os_str(),
+        orphan.as_os_str(),
+        OsStr::new("1M"),
+    ]);
     let out = dir.guest("blkscan", &orphan, None).run();
     out.assert_code(1).assert_stderr_mentions("gone.img");
     assert!(out.guest.info_all("run").is_empty());
@@ -386,17 +397,7 @@ fn kill_9_mid_write_leaves_a_consistent_overlay_with_everything_flushed() {
     let flushed = passes(&vm);
     let out = vm.wait_timeout(Duration::from_secs(10));
     assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out}");
-    let check = std::process::Command::new("qemu-img")
-        .arg("check")
-        .arg(&overlay)
-        .output()
-        .expect("qemu-img runs");
-    assert!(
-        check.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
+    qemu_img([OsStr::new("check"), overlay.as_os_str()]);
     let cut = assert_one_cut(&runs(&dir.guest("blkscan", &base, Some(&overlay)).run()));
     assert!(
         cut >= flushed,
@@ -411,13 +412,14 @@ fn kill_9_mid_write_leaves_a_consistent_overlay_with_everything_flushed() {
 fn a_qcow2_drive_with_an_overlay_is_snapshotted_by_id_and_flattens_to_qcow2() {
     let dir = Dir::new();
     let base = dir.join("data-base.qcow2");
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg(DISK_BYTES.to_string())
-        .status()
-        .expect("qemu-img runs");
-    assert!(made.success());
+    qemu_img([
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        base.to_str().unwrap(),
+        &DISK_BYTES.to_string(),
+    ]);
     let base_before = fs::read(&base).unwrap();
     let overlay = dir.join("data-overlay.qcow2");
     let api = dir.join("api.sock");
@@ -466,17 +468,7 @@ fn a_qcow2_drive_with_an_overlay_is_snapshotted_by_id_and_flattens_to_qcow2() {
         Some(1),
         "a flattened image has no backing chain: {info}"
     );
-    let compare = std::process::Command::new("qemu-img")
-        .arg("compare")
-        .arg(&snap)
-        .arg(&flat)
-        .output()
-        .expect("qemu-img runs");
-    assert!(
-        compare.status.success(),
-        "{}",
-        String::from_utf8_lossy(&compare.stdout)
-    );
+    qemu_img([OsStr::new("compare"), snap.as_os_str(), flat.as_os_str()]);
     let scanned = runs(&dir.guest("blkscan", &flat, None).run());
     let cut = assert_one_cut(&scanned);
     assert!(cut >= 2 && cut <= at_snapshot, "cut at pass {cut}");
@@ -523,13 +515,6 @@ fn a_config_files_overlay_and_a_snapshot_booted_on_an_overlay_of_its_own() {
 #[test]
 fn bad_chains_are_refused_before_boot_naming_the_file() {
     let dir = Dir::new();
-    let qemu_img = |args: &[&str]| {
-        let out = std::process::Command::new("qemu-img")
-            .args(args)
-            .output()
-            .expect("qemu-img runs");
-        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
-    };
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let refused = |image: &str, mentions: &str| {
         let out = dir.guest("blk", Path::new(image), None).run();
@@ -542,23 +527,23 @@ fn bad_chains_are_refused_before_boot_naming_the_file() {
 
     // a -> b -> a (qemu-img rebase -u rewrites the backing name without checking it).
     let (a, b) = (path("a.qcow2"), path("b.qcow2"));
-    qemu_img(&["create", "-q", "-f", "qcow2", &b, "1M"]);
-    qemu_img(&["create", "-q", "-f", "qcow2", "-b", &b, "-F", "qcow2", &a]);
-    qemu_img(&["rebase", "-u", "-f", "qcow2", "-b", &a, "-F", "qcow2", &b]);
+    qemu_img(["create", "-q", "-f", "qcow2", &b, "1M"]);
+    qemu_img(["create", "-q", "-f", "qcow2", "-b", &b, "-F", "qcow2", &a]);
+    qemu_img(["rebase", "-u", "-f", "qcow2", "-b", &a, "-F", "qcow2", &b]);
     refused(&a, "loops");
 
     // A 2 MiB overlay on a 1 MiB base.
     let (small, big) = (path("small.qcow2"), path("big.qcow2"));
-    qemu_img(&["create", "-q", "-f", "qcow2", &small, "1M"]);
-    qemu_img(&[
+    qemu_img(["create", "-q", "-f", "qcow2", &small, "1M"]);
+    qemu_img([
         "create", "-q", "-f", "qcow2", "-b", &small, "-F", "qcow2", &big, "2M",
     ]);
     refused(&big, "small.qcow2");
 
     // A backing file whose qcow2 header is damaged (its L1 table far beyond the file).
     let (damaged, top) = (path("damaged.qcow2"), path("top.qcow2"));
-    qemu_img(&["create", "-q", "-f", "qcow2", &damaged, "1M"]);
-    qemu_img(&[
+    qemu_img(["create", "-q", "-f", "qcow2", &damaged, "1M"]);
+    qemu_img([
         "create", "-q", "-f", "qcow2", "-b", &damaged, "-F", "qcow2", &top,
     ]);
     let mut header = fs::read(&damaged).unwrap();
