@@ -12,7 +12,8 @@ min_qemu_major=10
 backports_list=/etc/apt/sources.list.d/vmm-bookworm-backports.sources
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
-qemu_major() { qemu-system-x86_64 --version 2>/dev/null | sed -n '1s/^QEMU emulator version \([0-9]*\).*/\1/p'; }
+# Empty when QEMU is missing (a fresh machine): that is not an error here.
+qemu_major() { { qemu-system-x86_64 --version 2>/dev/null || true; } | sed -n '1s/^QEMU emulator version \([0-9]*\).*/\1/p'; }
 has_backports() { grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; }
 
 major=$(qemu_major)
