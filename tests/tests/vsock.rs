@@ -52,7 +52,7 @@ fn echo_message() -> Vec<u8> {
 fn scenario() -> &'static Scenario {
     static RUN: OnceLock<Result<Scenario, String>> = OnceLock::new();
     let run = RUN.get_or_init(|| {
-        panic::catch_unwind(run_scenario).map_err(|e| {
+        panic::catch_unwind(|| run_scenario("")).map_err(|e| {
             e.downcast_ref::<String>()
                 .cloned()
                 .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
@@ -63,7 +63,8 @@ fn scenario() -> &'static Scenario {
         .unwrap_or_else(|e| panic!("the vsock scenario failed: {e}"))
 }
 
-fn run_scenario() -> Scenario {
+/// One VM run of the three streams; `extra` adds words to the guest's command line.
+fn run_scenario(extra: &str) -> Scenario {
     let dir = tempfile::tempdir().unwrap();
     let uds = dir.path().join("v.sock");
     let service_path = PathBuf::from(format!("{}_{CONNECT_PORT}", uds.display()));
@@ -72,7 +73,7 @@ fn run_scenario() -> Scenario {
     let vm = Vmm::guest(TINY_ELF, "vsock")
         .flag("--vsock-uds", &uds)
         .append(&format!(
-            "vsock_listen={LISTEN_PORT} vsock_connect={CONNECT_PORT}"
+            "vsock_listen={LISTEN_PORT} vsock_connect={CONNECT_PORT} {extra}"
         ))
         .spawn();
     let service = thread::spawn(move || serve_once(&listener));
@@ -180,16 +181,25 @@ fn guest() -> &'static GuestOutput {
 
 /// `info vsock <key> <value>` is parsed as key `vsock`, value `<key> <value>`.
 fn vsock_value(key: &str) -> &'static str {
-    let g = guest();
+    value_in(scenario(), key)
+}
+
+fn value_in<'a>(run: &'a Scenario, key: &str) -> &'a str {
     let prefix = format!("{key} ");
-    g.info_all("vsock")
+    run.out
+        .guest
+        .info_all("vsock")
         .into_iter()
         .find_map(|v| v.strip_prefix(&prefix).or((v == key).then_some("")))
-        .unwrap_or_else(|| panic!("no `info vsock {key}` line\n{}", scenario().out))
+        .unwrap_or_else(|| panic!("no `info vsock {key}` line\n{}", run.out))
 }
 
 fn vsock_num(key: &str) -> u64 {
-    let v = vsock_value(key);
+    num_in(scenario(), key)
+}
+
+fn num_in(run: &Scenario, key: &str) -> u64 {
+    let v = value_in(run, key);
     vmm_tests::parse_num(v).unwrap_or_else(|| panic!("`info vsock {key} {v}` is not a number"))
 }
 
@@ -411,5 +421,42 @@ fn the_vsock_socket_admits_only_its_owner() {
     assert!(
         out.stderr.contains("refused a host client of another user"),
         "{out}"
+    );
+}
+
+/// A hostile driver publishes a tx avail index more than the queue size ahead of the
+/// device (`vsock_break_avail=1`). The device gives up on its queues, says so once
+/// (DEVICE_NEEDS_RESET and a config interrupt), and its thread stays free: after a reset
+/// the same run's three streams all work.
+#[test]
+fn a_broken_avail_ring_needs_a_reset_and_the_device_recovers() {
+    let run = run_scenario("vsock_break_avail=1");
+    run.out.assert_passed();
+    assert_ne!(
+        num_in(&run, "broken_status") & 0x40,
+        0,
+        "no DEVICE_NEEDS_RESET"
+    );
+    assert_ne!(num_in(&run, "broken_isr") & 2, 0, "no config interrupt");
+    assert_eq!(num_in(&run, "status_after_reset"), 0);
+    let service = run
+        .service
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}\n{}", run.out));
+    assert_eq!(
+        String::from_utf8_lossy(&service.received),
+        "hello from guest\n"
+    );
+    assert_eq!(value_in(&run, "refused_rst"), "ok");
+    let client = run
+        .client
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}\n{}", run.out));
+    assert_eq!(client.echoed, client.sent);
+    assert_eq!(
+        run.out.stderr.matches("the device needs a reset").count(),
+        1,
+        "logged once:\n{}",
+        run.out.stderr
     );
 }
