@@ -285,6 +285,43 @@ fn pump(mut from: impl Read + Send + 'static, to: Arc<Mutex<Vec<u8>>>) -> JoinHa
     })
 }
 
+/// What a silent guest was doing. Asks the VMM for its virtio report (SIGUSR1: each
+/// device's ring indexes and pending interrupt, in the VMM's log), and returns what its
+/// vCPU threads do: each one's state and the CPU time it used over the next 2 s. Halted
+/// vCPUs ("S", ~0 s) wait for an interrupt; busy ones ("R", ~2 s) spin, in the guest or
+/// in KVM. "none" once the VMM is gone.
+pub fn diagnose_silent_guest(vmm_pid: u32) -> String {
+    use vmm::sandbox::thread_report::vcpu_threads_of;
+    const WINDOW: Duration = Duration::from_secs(2);
+    if let Ok(pid) = libc::pid_t::try_from(vmm_pid) {
+        // SAFETY: kill has no memory-safety preconditions; the caller still holds the
+        // VMM's Child (not reaped), so the pid is not reused.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+    }
+    let pid = vmm_pid.to_string();
+    let before = vcpu_threads_of(&pid);
+    thread::sleep(WINDOW);
+    let after = vcpu_threads_of(&pid);
+    if after.is_empty() {
+        return "none".into();
+    }
+    after
+        .iter()
+        .map(|t| {
+            let earlier = before.iter().find(|b| b.name == t.name);
+            let used = earlier.map_or(0.0, |b| t.cpu_secs - b.cpu_secs);
+            format!(
+                "{} {} ran {used:.2} s of {} s ({:.1} s in all)",
+                t.name,
+                t.state,
+                WINDOW.as_secs(),
+                t.cpu_secs
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A VMM process that is still running.
 pub struct Running {
     child: Child,
@@ -306,6 +343,11 @@ impl Running {
         String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
     }
 
+    /// What the VMM has logged so far.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
     pub fn write_stdin(&mut self, bytes: &[u8]) {
         if let Some(s) = self.stdin.as_mut() {
             // The VMM may already have exited; its exit status tells the story.
@@ -323,10 +365,11 @@ impl Running {
         while !self.stdout_text().contains(needle) {
             if Instant::now() > deadline || self.child.try_wait().ok().flatten().is_some() {
                 let state = self.child.try_wait().ok().flatten();
+                let vcpus = diagnose_silent_guest(self.child.id());
                 self.kill();
                 panic!(
-                    "no {needle:?} on the guest console after {timeout:?} (vmm exited: {state:?})\n\
-                     stdout:\n{}\nstderr:\n{}",
+                    "no {needle:?} on the guest console after {timeout:?} (vmm exited: {state:?}; \
+                     vCPUs then: {vcpus})\nstdout:\n{}\nstderr:\n{}",
                     self.stdout_text(),
                     String::from_utf8_lossy(&self.stderr.lock().unwrap())
                 );

@@ -292,11 +292,19 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // A failed test shows what its guest's vCPUs were doing and what it said last (an
+        // RCU stall, an oops), which also lets tests/run-tier3 tell the emulated host's
+        // failures from ours.
+        let failed_vm = std::thread::panicking() && self.is_vm();
+        if failed_vm {
+            eprintln!(
+                "the vCPUs then: {}",
+                crate::diagnose_silent_guest(self.process.id())
+            );
+        }
         let _ = self.process.kill();
         let _ = self.process.wait();
-        // A failed test shows what its guest said last (an RCU stall, an oops), which
-        // also lets tests/run-tier3 tell the emulated host's failures from ours.
-        if std::thread::panicking() && self.is_vm() {
+        if failed_vm {
             eprintln!("the guest console ended with:\n{}", self.console_tail(60));
         }
     }

@@ -5,7 +5,7 @@
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
-use devices::bus::{Bus, BusError};
+use devices::bus::{lock, Bus, BusError};
 use devices::legacy::acpi_pm::ACPI_PM_PORTS;
 use devices::legacy::pvpanic::PVPANIC_PORT;
 use devices::legacy::{AcpiPm, Cmos, PvPanic, Serial, I8042};
@@ -72,6 +72,23 @@ pub struct Devices {
     pub net: Option<Arc<Mutex<Net>>>,
     /// Where each virtio device went; the kernel command line declares them.
     pub virtio_slots: VirtioSlots,
+    pub virtio_report: VirtioReport,
+}
+
+/// Every virtio transport, for `SIGUSR1`'s report on a stuck guest (see `log`).
+#[derive(Clone, Default)]
+pub struct VirtioReport {
+    transports: Vec<(String, Arc<Mutex<MmioTransport>>)>,
+}
+
+impl VirtioReport {
+    /// Logs one line per virtio device: its driver status, pending interrupt bits and ring
+    /// indexes. A guest that waits on a device shows which side is behind.
+    pub fn log(&self) {
+        for (name, transport) in &self.transports {
+            log::warn!("{name}: {}", lock(transport).report());
+        }
+    }
 }
 
 /// Turns a device's line that ends the VM (the i8042's reset, ACPI's power-off, pvpanic)
@@ -133,6 +150,7 @@ impl Devices {
             vsock: None,
             net: None,
             virtio_slots: VirtioSlots::default(),
+            virtio_report: VirtioReport::default(),
         };
         devices.add_legacy(vm, exit, watcher)?;
         for drive in drives {
@@ -224,9 +242,11 @@ impl Devices {
             vm.register_ioevent(evt, &notify, queue as u32)
                 .map_err(kvm_err("wire a virtio queue notification"))?;
         }
-        let transport = MmioTransport::new(mem.clone(), Box::new(front));
+        let name = format!("{} at {addr:#x} (irq {irq})", lock(&worker).base().name());
+        let transport = Arc::new(Mutex::new(MmioTransport::new(mem.clone(), Box::new(front))));
         self.mmio
-            .insert(Arc::new(Mutex::new(transport)), addr, MMIO_WINDOW_SIZE)?;
+            .insert(transport.clone(), addr, MMIO_WINDOW_SIZE)?;
+        self.virtio_report.transports.push((name, transport));
         self.event_manager.add_subscriber(worker.clone());
         Ok(worker)
     }

@@ -114,8 +114,11 @@ pub fn run(
 
     // Everything the VM needs from the host is open now. Each thread below confines itself
     // (no capabilities, its seccomp filter) before it does any work; this one last.
-    signals::spawn_signal_thread(stop_signals, exit_tx.clone(), seccomp.clone())
-        .map_err(|e| VmError::Thread("signal", e))?;
+    let report = devices.virtio_report.clone();
+    signals::spawn_signal_thread(stop_signals, exit_tx.clone(), seccomp.clone(), move || {
+        report.log()
+    })
+    .map_err(|e| VmError::Thread("signal", e))?;
     if let Some((dns, published)) = host_services {
         crate::hostnet::services::spawn(dns, published, seccomp.clone())
             .map_err(|e| VmError::Thread("hostnet", e))?;
@@ -128,6 +131,7 @@ pub fn run(
         vsock: _vsock,
         net: _net,
         virtio_slots: _,
+        virtio_report: _,
     } = devices;
     drives.attach(&blocks);
     let drives = Arc::new(drives);

@@ -3,7 +3,7 @@
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::{Activation, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{ring_state, Activation, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
 
 /// Size of each device's register window.
@@ -85,6 +85,21 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
         }
+    }
+
+    /// One line on the device's state for someone debugging a stuck guest: the driver's
+    /// status, the pending interrupt bits, and each ready queue's ring indexes.
+    pub fn report(&self) -> String {
+        let mut line = format!(
+            "device type {} status {:#x} interrupt status {:#x}",
+            self.device.device_type(),
+            self.read_register(STATUS),
+            self.device.interrupt().status()
+        );
+        for (i, q) in self.queues.iter().enumerate().filter(|(_, q)| q.ready()) {
+            line.push_str(&format!("; queue {i}: {}", ring_state(q, &self.mem)));
+        }
+        line
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -504,6 +519,34 @@ mod tests {
         wr(&mut t, STATUS, 0);
         assert_eq!(dev.resets(), 2, "one per negotiate, one now");
         assert_eq!(rd(&mut t, STATUS), 0);
+    }
+
+    #[test]
+    fn the_report_shows_status_interrupts_and_the_rings_in_guest_memory() {
+        let (mut t, dev) = transport();
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 0x1_0000);
+        assert_eq!(
+            t.report(),
+            "device type 42 status 0xb interrupt status 0x0; \
+             queue 0: size 8 avail 0 used 0 used_event 0 avail_event 0"
+        );
+        // The driver published 5 requests and wants an interrupt after the 4th; the device
+        // used 3 and interrupted.
+        use vm_memory::Bytes;
+        let mem = t.mem.clone();
+        mem.write_obj(5u16, GuestAddress(0x1_1002)).unwrap();
+        mem.write_obj(3u16, GuestAddress(0x1_1004 + 2 * 8)).unwrap();
+        mem.write_obj(3u16, GuestAddress(0x1_2002)).unwrap();
+        dev.interrupt.signal(INTERRUPT_USED_RING);
+        // Queue 1 sits outside guest memory: its indexes cannot be read.
+        setup_queue(&mut t, 1, 0x10_0000);
+        assert_eq!(
+            t.report(),
+            "device type 42 status 0xb interrupt status 0x1; \
+             queue 0: size 8 avail 5 used 3 used_event 3 avail_event 0; \
+             queue 1: size 8 avail ? used ? used_event ? avail_event ?"
+        );
     }
 
     #[test]

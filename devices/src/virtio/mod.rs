@@ -15,7 +15,8 @@ pub use base::DeviceBase;
 pub use front::{QueueWorker, VirtioFront};
 pub use mmio::{regs as mmio_regs, MmioTransport, MMIO_WINDOW_SIZE};
 pub use queue::{
-    collect_chain, notifications_off, notifications_on, pop_chain, ChainTooLong, QueueBroken,
+    collect_chain, notifications_off, notifications_on, pop_chain, ring_state, ChainTooLong,
+    QueueBroken,
 };
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

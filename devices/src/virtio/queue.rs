@@ -2,7 +2,7 @@
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The driver's avail ring cannot be used any more: its index ran more than the queue's
 /// length ahead of the device, or it is not in guest memory. Nothing on that queue is
@@ -62,6 +62,28 @@ pub fn collect_chain(
         out.push(d);
     }
     Ok(())
+}
+
+/// The ring indexes of a queue as they stand in guest memory: "avail A used U", plus
+/// where each side asked to be notified with EVENT_IDX ("used_event", "avail_event").
+/// With every request completed, avail equals used; a guest that still waits then lost an
+/// interrupt, while avail ahead of used is work the device has not finished (or seen).
+pub fn ring_state(queue: &Queue, mem: &GuestMemoryMmap) -> String {
+    // The driver chose the addresses: "?" where one is outside guest memory (or wraps).
+    let read = |ring: u64, offset: u64| {
+        ring.checked_add(offset)
+            .and_then(|addr| mem.read_obj::<u16>(GuestAddress(addr)).ok())
+            .map_or_else(|| "?".to_owned(), |v| v.to_string())
+    };
+    let size = u64::from(queue.size());
+    let (avail, used) = (queue.avail_ring(), queue.used_ring());
+    format!(
+        "size {size} avail {} used {} used_event {} avail_event {}",
+        read(avail, 2),
+        read(used, 2),
+        read(avail, 4 + 2 * size),
+        read(used, 4 + 8 * size),
+    )
 }
 
 #[cfg(test)]

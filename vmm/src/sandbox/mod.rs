@@ -12,7 +12,7 @@ mod server;
 mod service;
 mod snapshot;
 mod start;
-mod thread_report;
+pub mod thread_report;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -273,7 +273,8 @@ pub fn supervise(options: Options) -> Result<crate::exit::ExitReason, ServeError
     let (tx, rx) = std::sync::mpsc::channel();
     let set = crate::signals::block_stop_signals();
     let seccomp = options.seccomp.clone();
-    crate::signals::spawn_signal_thread(set, tx.clone(), seccomp.clone())
+    // No VM, no devices to report on.
+    crate::signals::spawn_signal_thread(set, tx.clone(), seccomp.clone(), || {})
         .map_err(ServeError::Runtime)?;
     let exit = std::sync::Mutex::new(tx);
     let _handle = spawn(

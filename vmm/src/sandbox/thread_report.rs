@@ -15,7 +15,13 @@ pub struct VcpuThread {
 
 /// The vCPU threads of this process, by name.
 pub fn vcpu_threads() -> Vec<VcpuThread> {
-    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+    vcpu_threads_of("self")
+}
+
+/// The vCPU threads of process `pid` ("self" or a number), by name: how a test tells
+/// what a silent guest's vCPUs were doing.
+pub fn vcpu_threads_of(pid: &str) -> Vec<VcpuThread> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
     // SAFETY: sysconf has no preconditions.
