@@ -189,6 +189,10 @@ pub(crate) fn pwrite_volatile(fd: RawFd, buf: &VolatileSlice<'_>, offset: u64) -
 /// per open file, so the same file as two drives of one VM conflicts too). Two writers,
 /// or a writer and a reader, would corrupt each other's view of the filesystem.
 pub fn lock_image(file: &File, read_only: bool) -> io::Result<()> {
+    #[cfg(test)]
+    let _no_tool_running = test_spawn::SPAWNING
+        .read()
+        .unwrap_or_else(|e| e.into_inner());
     let mode = if read_only {
         libc::LOCK_SH
     } else {
@@ -199,6 +203,27 @@ pub fn lock_image(file: &File, read_only: bool) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// The unit tests run qemu-img while other tests open and close images. A child holds a
+/// copy of every open file of the test process from fork until its exec has closed them
+/// (which is after `spawn` returns: a vfork parent resumes first), so a lock that a test
+/// just released by closing its file can still be held by that copy, and the test's next
+/// lock on the file fails (seen in the kernel's filelock trace: the unlock came from
+/// qemu-img). Running a tool (write side) and taking a lock (read side) therefore exclude
+/// each other. vmm itself never starts a process once it has opened images.
+#[cfg(test)]
+pub(crate) mod test_spawn {
+    use std::process::{Command, Output};
+    use std::sync::RwLock;
+
+    pub static SPAWNING: RwLock<()> = RwLock::new(());
+
+    /// `cmd.output()`, with no lock taken anywhere in the process until the child is gone.
+    pub fn output(cmd: &mut Command) -> std::io::Result<Output> {
+        let _guard = SPAWNING.write().unwrap_or_else(|e| e.into_inner());
+        cmd.output()
     }
 }
 

@@ -45,7 +45,7 @@ impl Rng {
 }
 
 fn tool(name: &str, args: &[&str]) -> Output {
-    Command::new(name).args(args).output().unwrap_or_else(|e| {
+    crate::disk::storage::test_spawn::output(Command::new(name).args(args)).unwrap_or_else(|e| {
         panic!("{name} is required for these tests (make deps installs qemu-utils): {e}")
     })
 }
