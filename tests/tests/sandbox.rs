@@ -726,10 +726,15 @@ async fn a_silent_agent_fails_calls_fast_and_recovers() {
         .await
         .unwrap();
     let pid = sb.jail().and_then(|j| j.agent_pid()).expect("agent pid") as i32;
+    // Let a probe succeed first: the loss is then counted from a healthy link.
+    wait_for_state(&c, State::Ready).await;
     // SAFETY: kill has no memory-safety preconditions; pid is the jail's agent.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    // The documented bound is about 45 s.
-    let bound = Duration::from_secs(60);
+    let stopped = std::time::Instant::now();
+    // The README's bound: four probes in a row (1 s apart, 10 s each) unanswered, "about
+    // 45 s" (44 s at worst). Fewer than three full probe timeouts would mean a single
+    // slow answer could lose the agent.
+    let bound = Duration::from_secs(47);
     let in_flight = tokio::time::timeout(bound, async {
         loop {
             match session.events.message().await {
@@ -743,6 +748,13 @@ async fn a_silent_agent_fails_calls_fast_and_recovers() {
         .expect("the running exec's stream hung")
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    let seen = stopped.elapsed();
+    assert!(
+        seen >= Duration::from_secs(33),
+        "the agent was lost after {seen:?}: fewer than four unanswered probes"
+    );
+    // Once lost, new calls fail at once.
+    let bound = Duration::from_secs(5);
     let new = tokio::time::timeout(bound, c.run(&["true"], b"")).await;
     let err = new.expect("a new exec hung").unwrap_err();
     assert!(is_unavailable(&err), "{err}");
@@ -751,6 +763,45 @@ async fn a_silent_agent_fails_calls_fast_and_recovers() {
         .expect("a file read hung")
         .expect_err("no agent, no file");
     assert!(is_unavailable(&err), "{err}");
+    // So do the CLI's, with 125 (a client error: the sandbox could not do it).
+    let api = sb.api_socket.clone();
+    let local = sb.dir.path().join("hostname");
+    tokio::task::spawn_blocking(move || {
+        let cli = |args: &[&std::ffi::OsStr]| {
+            let started = std::time::Instant::now();
+            let out = std::process::Command::new(vmm_tests::vmm_bin())
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                started.elapsed() < bound,
+                "{args:?} took {:?}",
+                started.elapsed()
+            );
+            let stderr = text(&out.stderr);
+            assert!(stderr.contains("agent"), "{args:?}: {stderr}");
+            out.status.code()
+        };
+        let api = api.as_os_str();
+        let exec = [
+            "exec".as_ref(),
+            "--api-sock".as_ref(),
+            api,
+            "--".as_ref(),
+            "true".as_ref(),
+        ];
+        assert_eq!(cli(&exec), Some(125));
+        let cp = [
+            "cp".as_ref(),
+            "--api-sock".as_ref(),
+            api,
+            ":/etc/hostname".as_ref(),
+            local.as_os_str(),
+        ];
+        assert_eq!(cli(&cp), Some(125));
+    })
+    .await
+    .unwrap();
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     wait_for_state(&c, State::Ready).await;
