@@ -372,8 +372,8 @@ fn a_broken_avail_ring_needs_a_reset_and_stalls_nothing_else() {
 }
 
 /// `kill -USR1` on a running VMM logs each virtio device's driver status, pending
-/// interrupt bits and ring indexes (for a guest that seems stuck on a device), under
-/// seccomp, and stops nothing: the guest goes on writing.
+/// interrupt bits and ring indexes, and each vCPU's registers (for a guest that seems
+/// stuck), under seccomp, and stops nothing: the guest goes on writing.
 #[test]
 fn sigusr1_reports_the_rings_and_the_guest_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
@@ -408,6 +408,16 @@ fn sigusr1_reports_the_rings_and_the_guest_keeps_running() {
     };
     assert!(index("used") >= 10, "{report}");
     assert!(index("avail") >= index("used"), "{report}");
+    // And each vCPU's registers, read by its own thread once kicked out of KVM_RUN.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !vm.stderr_text().contains("vCPU 0: rip=0x") {
+        assert!(
+            Instant::now() < deadline,
+            "no vCPU registers after SIGUSR1:\n{}",
+            vm.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Still running: a later pass completes.
     let passes = vm.stdout_text().matches("info pass ").count();
     vm.wait_for_stdout(

@@ -1,7 +1,7 @@
 //! One thread per vCPU: KVM_RUN, port and MMIO exits dispatched to the buses, and the
 //! exits that end the VM reported to the main thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,6 +31,27 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     register_signal_handler(kick_signal(), kick_handler)
 }
 
+/// A request that a vCPU log its registers (SIGUSR1's report on a guest that seems stuck):
+/// its thread is kicked out of KVM_RUN and reads them itself, as only it may.
+#[derive(Debug, Default)]
+pub struct RegisterReport {
+    wanted: AtomicBool,
+    /// The vCPU thread's id, once it runs: the kick goes to it.
+    tid: AtomicI32,
+}
+
+impl RegisterReport {
+    pub fn request(&self) {
+        self.wanted.store(true, Ordering::Release);
+        let tid = self.tid.load(Ordering::Acquire);
+        if tid > 0 {
+            // SAFETY: tgkill takes plain integers. A thread that has ended makes it fail
+            // with ESRCH; its id is not reused while this process lives on so briefly.
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick_signal()) };
+        }
+    }
+}
+
 pub struct Vcpu {
     pub index: u8,
     pub fd: VcpuFd,
@@ -39,6 +60,7 @@ pub struct Vcpu {
     pub exit: Sender<ExitReason>,
     pub stop: Arc<AtomicBool>,
     pub seccomp: Arc<Filters>,
+    pub report: Arc<RegisterReport>,
 }
 
 /// A running vCPU thread.
@@ -68,6 +90,9 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        self.report.tid.store(tid, Ordering::Release);
         if let Err(e) = self.seccomp.confine(ThreadKind::Vcpu) {
             let _ = self.exit.send(ExitReason::Vmm(e.to_string()));
             return;
@@ -77,6 +102,9 @@ impl Vcpu {
                 // The main thread may be gone already; nothing else to tell.
                 let _ = self.exit.send(reason);
                 return;
+            }
+            if self.report.wanted.swap(false, Ordering::AcqRel) {
+                log::warn!("vCPU {}: {}", self.index, self.registers());
             }
         }
     }

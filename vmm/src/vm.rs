@@ -114,9 +114,13 @@ pub fn run(
 
     // Everything the VM needs from the host is open now. Each thread below confines itself
     // (no capabilities, its seccomp filter) before it does any work; this one last.
-    let report = devices.virtio_report.clone();
+    // SIGUSR1: the virtio devices' rings, then every vCPU's registers.
+    let register_reports: Vec<Arc<vcpu::RegisterReport>> =
+        (0..config.cpus).map(|_| Arc::default()).collect();
+    let (virtio_report, vcpu_reports) = (devices.virtio_report.clone(), register_reports.clone());
     signals::spawn_signal_thread(stop_signals, exit_tx.clone(), seccomp.clone(), move || {
-        report.log()
+        virtio_report.log();
+        vcpu_reports.iter().for_each(|r| r.request());
     })
     .map_err(|e| VmError::Thread("signal", e))?;
     if let Some((dns, published)) = host_services {
@@ -167,7 +171,7 @@ pub fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
     let mut handles = Vec::new();
-    for (index, fd) in vcpu_fds.into_iter().enumerate() {
+    for ((index, fd), report) in vcpu_fds.into_iter().enumerate().zip(register_reports) {
         let vcpu = Vcpu {
             index: index as u8,
             fd,
@@ -176,6 +180,7 @@ pub fn run(
             exit: exit_tx.clone(),
             stop: stop.clone(),
             seccomp: seccomp.clone(),
+            report,
         };
         handles.push(vcpu.spawn().map_err(|e| VmError::Thread("vCPU", e))?);
     }
