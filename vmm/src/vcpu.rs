@@ -45,8 +45,10 @@ impl RegisterReport {
         self.wanted.store(true, Ordering::Release);
         let tid = self.tid.load(Ordering::Acquire);
         if tid > 0 {
-            // SAFETY: tgkill takes plain integers. A thread that has ended makes it fail
-            // with ESRCH; its id is not reused while this process lives on so briefly.
+            // SAFETY: tgkill takes plain integers and reaches only threads of this
+            // process. Once the vCPU thread has ended (the VM is stopping) it fails with
+            // ESRCH, or at worst interrupts a syscall of another of our threads that took
+            // over the id; the kick handler itself does nothing.
             unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, kick_signal()) };
         }
     }
