@@ -285,48 +285,28 @@ fn pump(mut from: impl Read + Send + 'static, to: Arc<Mutex<Vec<u8>>>) -> JoinHa
     })
 }
 
-/// What a silent guest was doing. Asks the VMM for its virtio report (SIGUSR1: each
-/// device's ring indexes and pending interrupt, in the VMM's log), and returns what its
-/// vCPU threads do: each one's state and the CPU time it used over the next 2 s. Halted
-/// vCPUs ("S", ~0 s) wait for an interrupt; busy ones ("R", ~2 s) spin, in the guest or
-/// in KVM. "none" once the VMM is gone.
+/// What a silent guest was doing. Asks the VMM for its report (SIGUSR1: each vCPU's
+/// registers, each virtio device's rings and pending interrupt, in the VMM's log), and
+/// returns its vCPU threads' state and CPU time, plus "SPINNING: …" for those that used
+/// nearly all of the next 2 s (in the guest or in KVM; halted ones wait for an
+/// interrupt). "none" once the VMM is gone.
 pub fn diagnose_silent_guest(vmm_pid: u32) -> String {
-    use vmm::sandbox::thread_report::vcpu_threads_of;
-    const WINDOW: Duration = Duration::from_secs(2);
+    use vmm::sandbox::thread_report::{spinning, summary, vcpu_threads_of};
     if let Ok(pid) = libc::pid_t::try_from(vmm_pid) {
         // SAFETY: kill has no memory-safety preconditions; the caller still holds the
         // VMM's Child (not reaped), so the pid is not reused.
         unsafe { libc::kill(pid, libc::SIGUSR1) };
     }
     let pid = vmm_pid.to_string();
-    let before = vcpu_threads_of(&pid);
-    thread::sleep(WINDOW);
+    let (before, since) = (vcpu_threads_of(&pid), Instant::now());
+    thread::sleep(Duration::from_secs(2));
     let after = vcpu_threads_of(&pid);
-    if after.is_empty() {
-        return "none".into();
+    // tests/run-tier3 looks for "SPINNING" (the same class as the supervisor's "that vCPU
+    // spun without the guest answering").
+    match spinning(&before, since, &after) {
+        spun if spun.is_empty() => summary(&after),
+        spun => format!("{}; SPINNING: {}", summary(&after), spun.join(", ")),
     }
-    after
-        .iter()
-        .map(|t| {
-            let earlier = before.iter().find(|b| b.name == t.name);
-            let used = earlier.map_or(0.0, |b| t.cpu_secs - b.cpu_secs);
-            // tests/run-tier3 looks for this word (the same class as the supervisor's
-            // "that vCPU spun without the guest answering").
-            let spun = if used >= 0.9 * WINDOW.as_secs_f64() {
-                " SPINNING"
-            } else {
-                ""
-            };
-            format!(
-                "{} {} ran {used:.2} s of {} s ({:.1} s in all){spun}",
-                t.name,
-                t.state,
-                WINDOW.as_secs(),
-                t.cpu_secs
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A VMM process that is still running.
@@ -353,6 +333,22 @@ impl Running {
     /// What the VMM has logged so far.
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Waits until the VMM has logged `needle`; returns its log. Panics after `timeout`.
+    pub fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.stderr_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the VMM's log after {timeout:?}:\n{log}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn write_stdin(&mut self, bytes: &[u8]) {

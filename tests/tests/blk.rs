@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm_tests::abi;
 use vmm_tests::disk::{self, fnv1a, pattern, pattern_disk, SECTOR};
@@ -384,15 +384,12 @@ fn sigusr1_reports_the_rings_and_the_guest_keeps_running() {
         .spawn();
     vm.wait_for_stdout("info pass 2\n", Duration::from_secs(30));
     vm.signal(libc::SIGUSR1);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let report = loop {
-        let log = vm.stderr_text();
-        if let Some(line) = log.lines().find(|l| l.contains("queue 0: size")) {
-            break line.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no report after SIGUSR1:\n{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let log = vm.wait_for_stderr("queue 0: size", Duration::from_secs(10));
+    let report = log
+        .lines()
+        .find(|l| l.contains("queue 0: size"))
+        .unwrap()
+        .to_owned();
     assert!(report.contains("virtio-blk"), "{report}");
     assert!(
         report.contains("device type 2 status 0xf interrupt status 0x"),
@@ -409,15 +406,7 @@ fn sigusr1_reports_the_rings_and_the_guest_keeps_running() {
     assert!(index("used") >= 10, "{report}");
     assert!(index("avail") >= index("used"), "{report}");
     // And each vCPU's registers, read by its own thread once kicked out of KVM_RUN.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !vm.stderr_text().contains("vCPU 0: rip=0x") {
-        assert!(
-            Instant::now() < deadline,
-            "no vCPU registers after SIGUSR1:\n{}",
-            vm.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    vm.wait_for_stderr("vCPU 0: rip=0x", Duration::from_secs(10));
     // Still running: a later pass completes.
     let passes = vm.stdout_text().matches("info pass ").count();
     vm.wait_for_stdout(
